@@ -1,0 +1,376 @@
+"""The event stream: one increasing id for every event, a bounded in-memory ring, a batched writer
+thread that persists events to the database, and bounded subscriber queues for SSE clients.
+
+Lock order: ``EventBus._flush_lock`` -> ``EventBus._lock`` -> ``Subscription._cond``.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import OrchestratorError
+
+if TYPE_CHECKING:
+    from .db import Database
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("status", "feature", "session", "output", "track", "merge", "notice")
+REPLAY_PAGE = 1000
+_TYPE_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")
+
+
+class SubscriptionDropped(OrchestratorError):
+    """The subscriber fell too far behind; it must reconnect with the last id it received."""
+
+    code = "subscription_dropped"
+
+
+class SubscriptionClosed(SubscriptionDropped):
+    """The subscription or the whole bus was closed (daemon shutting down)."""
+
+    code = "subscription_closed"
+
+
+def encode_data(data: Any) -> str:
+    """Compact one-line JSON; text that cannot be UTF-8 encoded (lone surrogates) is escaped."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(data, separators=(",", ":"), default=str)
+    return text
+
+
+@dataclass(slots=True)
+class Event:
+    id: int
+    type: str
+    data: dict
+    ts: float
+    session_id: int | None = None
+    data_json: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.data_json:
+            self.data_json = encode_data(self.data)
+
+    def sse(self) -> bytes:
+        return f"id: {self.id}\nevent: {self.type}\ndata: {self.data_json}\n\n".encode("utf-8")
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "type": self.type, "ts": self.ts, "session_id": self.session_id,
+                "data": self.data}
+
+    @classmethod
+    def from_row(cls, row: tuple) -> Event:
+        event_id, type_, session_id, data_json, ts = row
+        return cls(int(event_id), type_, json.loads(data_json), float(ts), session_id, data_json)
+
+
+class EventBus:
+    """Thread-safe publish/subscribe with replay from the ring or, when it no longer reaches back
+    far enough, from the database. Memory is bounded: the ring by count and bytes, the writer's
+    pending list by count (overflow is counted and reported), each subscriber queue by count."""
+
+    def __init__(self, db: Database | None, *, ring_size: int = 20000, clock: Callable[[], float] = time.time,
+                 ring_bytes: int = 64 << 20, flush_interval: float = 0.1, flush_at: int = 2000,
+                 max_pending: int = 100_000):
+        if ring_size < 1 or max_pending < 1 or flush_at < 1:
+            raise ValueError("ring_size, flush_at and max_pending must be at least 1")
+        self._db = db
+        self._clock = clock
+        self._ring_size = ring_size
+        self._ring_bytes_max = ring_bytes
+        self._flush_interval = flush_interval
+        self._flush_at = flush_at
+        self._max_pending = max_pending
+        self._lock = threading.Lock()
+        self._writer_cond = threading.Condition(self._lock)
+        self._flush_lock = threading.Lock()
+        self._last_id = db.max_event_id() if db is not None else 0
+        self._flushed_id = self._last_id
+        self._ring: deque[Event] = deque()
+        self._ring_bytes = 0
+        self._pending: deque[Event] = deque()
+        self._inflight: list[Event] = []
+        self._subs: list[Subscription] = []
+        self._known_types = set(EVENT_TYPES)
+        self._failing = False
+        self._lost = 0
+        self._closed = False
+        self._writer: threading.Thread | None = None
+        if db is not None:
+            self._writer = threading.Thread(target=self._run_writer, name="event-writer", daemon=True)
+            self._writer.start()
+
+    @property
+    def last_id(self) -> int:
+        with self._lock:
+            return self._last_id
+
+    # publishing -----------------------------------------------------------------------------
+
+    def publish(self, type: str, data: dict, *, session_id: int | None = None) -> Event:
+        if type not in self._known_types:
+            if not _TYPE_RE.match(type):
+                raise ValueError(f"invalid event type {type!r}")
+            self._known_types.add(type)
+        payload = encode_data(data)
+        with self._lock:
+            self._last_id += 1
+            event = Event(self._last_id, type, data, self._clock(), session_id, payload)
+            self._ring.append(event)
+            self._ring_bytes += len(payload)
+            while len(self._ring) > self._ring_size or (
+                    self._ring_bytes > self._ring_bytes_max and len(self._ring) > 1):
+                self._ring_bytes -= len(self._ring.popleft().data_json)
+            if self._db is not None:
+                if len(self._pending) < self._max_pending:
+                    self._pending.append(event)
+                    waiting = len(self._pending)
+                    if waiting == 1 or waiting >= self._flush_at:
+                        self._writer_cond.notify()
+                else:
+                    self._lost += 1
+            if self._subs and not all([sub._offer(event) for sub in self._subs]):
+                self._subs = [sub for sub in self._subs if sub._active]
+        return event
+
+    # replay ---------------------------------------------------------------------------------
+
+    def subscribe(self, *, last_id: int | None = None, max_queue: int = 5000) -> Subscription:
+        """Live events from now on; with last_id, first every event after it (ring, else db)."""
+        with self._lock:
+            live_start = self._last_id + 1
+            cursor = None
+            if last_id is not None and 0 <= int(last_id) < self._last_id:
+                cursor = int(last_id) + 1
+            sub = Subscription(self, cursor=cursor, live_start=live_start, max_queue=max_queue)
+            if self._closed:
+                sub._shutdown()
+            else:
+                self._subs.append(sub)
+        return sub
+
+    def since(self, last_id: int, limit: int = 1000, *, until: int | None = None) -> list[Event]:
+        """Up to `limit` events with last_id < id (<= until), oldest first, without gaps other than
+        events that were lost (never written because the database failed)."""
+        out: list[Event] = []
+        cursor = max(0, int(last_id)) + 1
+        limit = max(1, int(limit))
+        while len(out) < limit:
+            with self._lock:
+                end = self._last_id if until is None else min(int(until), self._last_id)
+                if cursor > end:
+                    break
+                want = min(limit - len(out), end - cursor + 1)
+                if self._ring and self._ring[0].id <= cursor:
+                    start = cursor - self._ring[0].id
+                    out.extend(itertools.islice(self._ring, start, start + want))
+                    break
+                flushed = self._flushed_id
+                if self._db is None or cursor > flushed:
+                    out.extend(self._memory_slice(cursor, end, want))
+                    break
+            bound = min(end, flushed)
+            asked = min(want, bound - cursor + 1)
+            rows = [r for r in self._db.events_after(cursor - 1, asked) if r[0] <= bound]
+            out.extend(Event.from_row(r) for r in rows)
+            cursor = rows[-1][0] + 1 if len(rows) == asked else bound + 1
+        return out
+
+    def _memory_slice(self, cursor: int, end: int, want: int) -> list[Event]:
+        out: list[Event] = []
+        for event in itertools.chain(self._inflight, self._pending):
+            if event.id > end or len(out) >= want:
+                break
+            if event.id >= cursor:
+                out.append(event)
+        if len(out) < want and self._ring:
+            following = out[-1].id + 1 if out else cursor
+            start = max(0, following - self._ring[0].id)
+            for event in itertools.islice(self._ring, start, None):
+                if event.id > end or len(out) >= want:
+                    break
+                out.append(event)
+        return out
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs = [s for s in self._subs if s is not sub]
+
+    # persistence ----------------------------------------------------------------------------
+
+    def _run_writer(self) -> None:
+        backoff = 0.0
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._writer_cond.wait()
+                deadline = time.monotonic() + (backoff or self._flush_interval)
+                while not self._closed and (backoff or len(self._pending) < self._flush_at):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._writer_cond.wait(remaining)
+                if self._closed:
+                    return
+            try:
+                ok = self._write_pending()
+            except Exception:
+                log.exception("event writer: unexpected error")
+                ok = False
+            backoff = 0.0 if ok else min(max(backoff * 2, 1.0), 30.0)
+
+    def _write_pending(self) -> bool:
+        if self._db is None:
+            return True
+        with self._flush_lock:
+            with self._lock:
+                batch = list(self._pending)
+                self._pending.clear()
+                self._inflight = batch
+            if not batch:
+                return True
+            try:
+                self._db.insert_events([(e.id, e.type, e.session_id, e.data_json, e.ts) for e in batch])
+            except Exception as exc:
+                with self._lock:
+                    self._inflight = []
+                    self._pending.extendleft(reversed(batch))
+                    first_failure = not self._failing
+                    self._failing = True
+                if first_failure:
+                    log.error("cannot save events to the session history: %s", exc)
+                    self.publish("notice", {
+                        "level": "error",
+                        "message": f"cannot save events to the session history ({exc}); "
+                                   "live events continue, saving is retried"})
+                return False
+            with self._lock:
+                self._inflight = []
+                self._flushed_id = max(self._flushed_id, batch[-1].id)
+                recovered, self._failing = self._failing, False
+                lost, self._lost = self._lost, 0
+        if recovered or lost:
+            message = "saving events to the session history works again" if recovered else \
+                "the session history fell behind"
+            if lost:
+                message += f"; {lost} events could not be saved and are missing from it"
+            log.warning(message)
+            self.publish("notice", {"level": "warning", "message": message})
+        return True
+
+    def flush(self) -> bool:
+        """Write every pending event now; False when the database refused them (reported)."""
+        return self._write_pending()
+
+    def close(self) -> None:
+        """Stop the writer, persist what is pending, end every subscription. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._writer_cond.notify_all()
+            subs, self._subs = self._subs, []
+            for sub in subs:
+                sub._shutdown()
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join()
+        if not self._write_pending():
+            with self._lock:
+                missing = len(self._pending)
+            log.error("%d events could not be saved to the session history at shutdown", missing)
+
+
+class Subscription:
+    """One consumer (an SSE client). get() is called from one thread."""
+
+    def __init__(self, bus: EventBus, *, cursor: int | None, live_start: int, max_queue: int):
+        self._bus = bus
+        self._cond = threading.Condition()
+        self._queue: deque[Event] = deque()
+        self._max_queue = max(1, int(max_queue))
+        self._cursor = cursor
+        self._live_start = live_start
+        self._dropped = False
+        self._closed = False
+        self.last_id = (cursor - 1) if cursor is not None else live_start - 1
+
+    @property
+    def dropped(self) -> bool:
+        return self._dropped
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def _active(self) -> bool:
+        return not (self._dropped or self._closed)
+
+    def _offer(self, event: Event) -> bool:
+        with self._cond:
+            if not self._active:
+                return False
+            if len(self._queue) >= self._max_queue:
+                self._dropped = True
+                self._queue.clear()
+                self._cond.notify_all()
+                return False
+            self._queue.append(event)
+            self._cond.notify()
+            return True
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+
+    def _raise_if_inactive(self) -> None:
+        if self._dropped:
+            raise SubscriptionDropped(
+                f"the event stream fell more than {self._max_queue} events behind and was dropped "
+                f"(last id delivered: {self.last_id})",
+                "reconnect with Last-Event-ID set to the last id received")
+        if self._closed:
+            raise SubscriptionClosed("the event stream is closed", "reconnect when the daemon is back")
+
+    def get(self, timeout: float) -> list[Event]:
+        """The next batch (missed events first, then live ones); [] after `timeout` seconds.
+        Raises SubscriptionDropped when the queue overflowed, SubscriptionClosed after close()."""
+        if self._cursor is not None:
+            self._raise_if_inactive()
+            batch = self._bus.since(self._cursor - 1, REPLAY_PAGE, until=self._live_start - 1)
+            if batch:
+                self.last_id = batch[-1].id
+                self._cursor = self.last_id + 1 if self.last_id + 1 < self._live_start else None
+                return batch
+            self._cursor = None
+        with self._cond:
+            if not self._queue and self._active:
+                self._cond.wait(timeout)
+            self._raise_if_inactive()
+            batch = list(self._queue)
+            self._queue.clear()
+        if batch:
+            self.last_id = batch[-1].id
+        return batch
+
+    def close(self) -> None:
+        self._shutdown()
+        self._bus._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
