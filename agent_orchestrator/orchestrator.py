@@ -1,0 +1,445 @@
+"""The scheduler: one asyncio task per track, the one place feature statuses and track phases
+change (each change is written and published as an event), and the control surface the API uses."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from . import docker, git, scheduler
+from .errors import FeaturesError, OrchestratorError
+from .pipeline import FeatureJob, Interrupted
+from .prompts import PromptSet
+from .ratelimits import AgentLimits
+from .sessions import SessionRunner
+from .states import can_transition
+from .worktrees import Worktrees
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class TrackState:
+    name: str
+    color: str
+    phase: str = "idle"
+    paused: bool = False
+    paused_reason: str | None = None
+    feature_id: int | None = None
+    feature_name: str | None = None
+    session_id: int | None = None
+    agent: str | None = None
+    phase_started_at: float | None = None
+    env_strikes: int = 0
+    done: int = 0
+
+    def public(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "env_strikes"}
+
+
+class Orchestrator:
+    def __init__(self, project, *, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] | None = None, env=None,
+                 adapter_factory=None):
+        self.project = project
+        self.config = project.config
+        self.root: Path = project.root
+        self.store = project.store
+        self.db = project.db
+        self.bus = project.bus
+        self.clock = clock
+        self._sleep = sleep
+        cfg = self.config
+        self.rules = [scheduler.TrackRule(t.name, tuple(t.categories), t.is_default)
+                      for t in cfg.tracks]
+        self.tracks = {t.name: TrackState(t.name, t.color) for t in cfg.tracks}
+        self.worktrees = Worktrees(project.root, project.state_dir,
+                                   symlink_dirs=cfg["worktree.symlinkDirs"],
+                                   copy_files=cfg["worktree.copyFiles"])
+        self.prompts = PromptSet.load(project.root)
+        self.limits = AgentLimits(base_wait=cfg["agent.rateLimitWaitMs"] / 1000.0,
+                                  max_wait=cfg["agent.rateLimitMaxWaitMs"] / 1000.0, clock=clock)
+        kwargs = {"adapter_factory": adapter_factory} if adapter_factory else {}
+        self.sessions = SessionRunner(db=self.db, bus=self.bus, config=cfg, clock=clock,
+                                      env=env, **kwargs)
+        self.merge_lock = asyncio.Lock()
+        self.state = "idle"
+        self.started_at: float | None = None
+        self._lock = threading.RLock()
+        self._features: list | None = None
+        self._status: dict[int, str] = {}
+        self._claimed: set[int] = set()
+        self._retry_context: dict[int, dict] = {}
+        self._selected: set[int] | None = None
+        self._only_tracks: set[str] | None = None
+        self._stop = asyncio.Event()
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._children: set = set()
+        self._noticed: set[str] = set()
+        self._busy: set[str] = set()
+        self._idle = asyncio.Event()
+        self._exit_when_idle = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bad_features_reported = False
+        self.outcomes: dict[int, str] = {}
+        self._docker_wrappers: dict[str, Path] = {}
+
+    # ================================================================ running
+    async def run_until_idle(self, *, feature_ids=None, track_names=None) -> dict:
+        """Headless `run`: process the open features (or the ones named) to the end."""
+        self._selected = set(feature_ids) if feature_ids else None
+        self._only_tracks = set(track_names) if track_names else None
+        self._exit_when_idle = True
+        await self.start()
+        stop_task = asyncio.ensure_future(self._stop.wait())
+        idle_task = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait({stop_task, idle_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_task.cancel()
+            idle_task.cancel()
+            await self.stop()
+        return self.summary()
+
+    async def serve(self, shutdown: asyncio.Event) -> None:
+        """Daemon mode: idle until started; returns once `shutdown` is set and work is stopped."""
+        self._loop = asyncio.get_running_loop()
+        await shutdown.wait()
+        await self.stop()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.state == "running":
+            return
+        self.recover()
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        self.state = "running"
+        self.started_at = self.clock()
+        self._publish_status()
+        for name, track in self.tracks.items():
+            if self._only_tracks is not None and name not in self._only_tracks:
+                continue
+            self._wakeups[name] = asyncio.Event()
+            self._tasks[name] = asyncio.ensure_future(self._track_loop(track))
+
+    async def stop(self) -> None:
+        if self.state != "running":
+            return
+        self.state = "stopping"
+        self._publish_status()
+        self._stop.set()
+        self.wake()
+        for child in list(self._children):
+            await child.terminate(grace=float(self.config["agent.killGraceSeconds"]))
+        await self.sessions.stop_all()
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        try:
+            await asyncio.to_thread(self.worktrees.release_integration)
+        except OrchestratorError as exc:
+            self.notice("warning", f"the integration worktree was kept: {exc.message}")
+        self.state = "idle"
+        for track in self.tracks.values():
+            self._set_track(track, phase="paused" if track.paused else "idle", feature=None)
+        self._publish_status()
+
+    async def _track_loop(self, track: TrackState) -> None:
+        wake = self._wakeups[track.name]
+        while not self._stop.is_set():
+            wake.clear()
+            feature = None if track.paused else self._claim_next(track)
+            if feature is None:
+                if self._exit_when_idle and self._nothing_left():
+                    self._idle.set()
+                    return
+                await self._wait(wake, POLL_SECONDS)
+                continue
+            self._busy.add(track.name)
+            try:
+                outcome = await FeatureJob(self, feature, track).run()
+                self.outcomes[feature.id] = outcome
+                track.done += 1
+            except Interrupted:
+                pass
+            except Exception as exc:  # a bug or an unexpected git failure: report, keep the work
+                self._internal_error(feature, exc)
+            finally:
+                self._claimed.discard(feature.id)
+                self._busy.discard(track.name)
+                self._set_track(track, phase="paused" if track.paused else "idle", feature=None)
+                self.wake()
+
+    def _internal_error(self, feature, exc: Exception) -> None:
+        detail = exc.render() if isinstance(exc, OrchestratorError) else repr(exc)
+        log.error("feature #%s failed with an internal error:\n%s", feature.id,
+                  "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        self.notice("error", f"feature #{feature.id}: {detail}")
+        try:
+            self.set_status(feature.id, "failed", failure_reason=f"orchestrator error: {detail}",
+                            failure_category="environment")
+            self.outcomes[feature.id] = "failed"
+        except Exception:
+            log.exception("could not record the failure of feature #%s", feature.id)
+
+    def _nothing_left(self) -> bool:
+        if self._busy:
+            return False
+        return all(track.paused or self._peek_next(name) is None
+                   for name, track in self.tracks.items()
+                   if self._only_tracks is None or name in self._only_tracks)
+
+    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # ================================================================ features
+    def features(self) -> list:
+        """The features as last read; re-read when features.json changed (a user's edit)."""
+        with self._lock:
+            if self._features is None or self.store.changed():
+                try:
+                    self._features = self.store.load()
+                    self._bad_features_reported = False
+                except FeaturesError as exc:
+                    if not self._bad_features_reported:
+                        self._bad_features_reported = True
+                        self.notice("error", f"{exc.message} — keeping the last valid version "
+                                    f"until it is fixed: {'; '.join(exc.problems[:5])}")
+                    if self._features is None:
+                        raise
+                for f in self._features:
+                    self._status[f.id] = f.status
+                self._apply_dependencies()
+            return list(self._features)
+
+    def _apply_dependencies(self) -> None:
+        for fid, status, reason in scheduler.blocking_changes(self._features):
+            if status == "open" and fid in self._claimed:
+                continue
+            self.set_status(fid, status, failure_reason=reason,
+                            failure_category="dependency" if status == "blocked" else None,
+                            _reload=False)
+
+    def _peek_next(self, track_name: str):
+        return scheduler.next_feature(self.features(), track_name, self.rules,
+                                      claimed=self._claimed, selected=self._selected)
+
+    def _claim_next(self, track: TrackState):
+        with self._lock:
+            feature = self._peek_next(track.name)
+            if feature is not None:
+                self._claimed.add(feature.id)
+            return feature
+
+    def known_status(self, feature_id: int) -> str:
+        return self._status.get(feature_id, "open")
+
+    def set_status(self, feature_id: int, status: str, *, _reload: bool = True, **fields) -> None:
+        """The one place a feature's status changes: checked against the state machine, written
+        to features.json (merged with the user's edits) and published."""
+        with self._lock:
+            old = self._status.get(feature_id, "open")
+            if not can_transition(old, status):
+                raise OrchestratorError(f"internal: feature #{feature_id} cannot go from {old} "
+                                        f"to {status}")
+            fields = {"status": status, **fields,
+                      "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            written = self.store.update(feature_id, fields)
+            if "status" in written or not written:
+                self._status[feature_id] = status if "status" in written else old
+            if _reload:
+                self._features = None
+        data = {"id": feature_id, **{k: v for k, v in fields.items()}}
+        if written and "status" not in written:
+            data["status"] = old
+            data["note"] = "status kept: it was changed in the file meanwhile"
+        self.publish("feature", data)
+
+    def retry(self, feature_id: int, context: str | None = None) -> None:
+        self.features()
+        if feature_id not in self._status:
+            from .errors import NotFound
+            raise NotFound(f"no feature with id {feature_id}", "GET /api/features lists them")
+        if feature_id in self._claimed:
+            from .errors import Conflict
+            raise Conflict(f"feature #{feature_id} is being processed right now",
+                           "wait until it finishes, or stop the run first")
+        self._retry_context[feature_id] = {"context": context, "reimplement": False}
+        self.set_status(feature_id, "open", failure_reason=None, failure_category=None,
+                        attempts=0)
+        self.wake()
+
+    def take_retry_context(self, feature_id: int) -> dict:
+        return self._retry_context.pop(feature_id, {})
+
+    # ================================================================ tracks
+    def set_phase(self, track: TrackState, phase: str, feature=None) -> None:
+        self._set_track(track, phase=phase, feature=feature)
+
+    def _set_track(self, track: TrackState, *, phase: str, feature) -> None:
+        changed = track.phase != phase or track.feature_id != (feature.id if feature else None)
+        track.phase = phase
+        track.feature_id = feature.id if feature else None
+        track.feature_name = feature.name if feature else None
+        if changed:
+            track.phase_started_at = self.clock()
+            self.publish("track", track.public())
+
+    def pause_track(self, name: str, reason: str = "paused by user") -> None:
+        track = self._track(name)
+        track.paused = True
+        track.paused_reason = reason
+        if track.phase == "idle":
+            track.phase = "paused"
+        self.notice("warning", f"track {name} paused: {reason}")
+        self.publish("track", track.public())
+
+    def resume_track(self, name: str) -> None:
+        track = self._track(name)
+        track.paused = False
+        track.paused_reason = None
+        track.env_strikes = 0
+        if track.phase == "paused":
+            track.phase = "idle"
+        self.publish("track", track.public())
+        self.wake()
+
+    def _track(self, name: str) -> TrackState:
+        if name not in self.tracks:
+            from .errors import NotFound
+            raise NotFound(f"no track named {name!r}",
+                           f"tracks: {', '.join(self.tracks)}")
+        return self.tracks[name]
+
+    def check_running(self, track: TrackState) -> None:
+        if self._stop.is_set() or track.paused:
+            raise Interrupted()
+
+    def wake(self) -> None:
+        for event in self._wakeups.values():
+            event.set()
+
+    # ================================================================ helpers for jobs
+    async def pause_point(self, seconds: float) -> None:
+        """Wait `seconds` (through the injectable sleep), or less if the run is stopped."""
+        if self._sleep is not None:
+            await self._sleep(seconds)
+        elif seconds > 0:
+            try:
+                await asyncio.wait_for(self._stop.wait(), seconds)
+            except asyncio.TimeoutError:
+                pass
+        if self._stop.is_set():
+            raise Interrupted()
+
+    def register_child(self, child) -> None:
+        self._children.add(child)
+
+    def unregister_child(self, child) -> None:
+        self._children.discard(child)
+
+    def protected_paths(self) -> list[str]:
+        cfg = self.config
+        paths = [cfg["featuresFile"], cfg["progressFile"], *cfg["worktree.symlinkDirs"],
+                 *cfg["worktree.copyFiles"]]
+        return [p for p in dict.fromkeys(paths) if p]
+
+    def prepare_worktree(self, worktree: Path) -> None:
+        path = docker.write_wrapper(worktree, self.root, self.config)
+        if path is not None:
+            self._docker_wrappers[str(worktree)] = path
+
+    def docker_hint(self, worktree: Path | None) -> str:
+        path = self._docker_wrappers.get(str(worktree)) if worktree else None
+        return docker.prompt_hint(path) if path is not None else ""
+
+    def write_prompt_file(self, feature_id: int, phase: str, prompt: str) -> Path:
+        folder = self.project.state_dir / "prompts"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"feature-{feature_id}-{phase}.md"
+        path.write_text(prompt, encoding="utf-8")
+        return path
+
+    def publish(self, type_: str, data: dict) -> None:
+        self.bus.publish(type_, data)
+
+    def notice(self, level: str, message: str, *, key: str | None = None) -> None:
+        """A message for the user; with `key`, reported once."""
+        if key is not None:
+            if key in self._noticed:
+                return
+            self._noticed.add(key)
+        getattr(log, "error" if level == "error" else "warning")("%s", message)
+        self.publish("notice", {"level": level, "message": message})
+
+    def _publish_status(self) -> None:
+        self.publish("status", {"state": self.state})
+
+    # ================================================================ recovery
+    def recover(self) -> None:
+        """Reconcile what a crash or kill left behind: sessions marked interrupted, features left
+        in progress queued again with the context of the interrupted attempt, stale worktree
+        entries pruned, uncommitted work committed to its branch."""
+        interrupted = self.db.mark_interrupted(self.clock())
+        by_feature = {s["feature_id"]: s for s in interrupted}
+        self.worktrees.prune()
+        for info in self.worktrees.list():
+            if info.path == self.root or not info.branch or not info.branch.startswith("feature/"):
+                continue
+            if git.merge_in_progress(info.path):
+                git.abort_merge(info.path)
+            git.commit_all(info.path, "orchestrator: commit work left by an interrupted session",
+                           exclude=self.protected_paths())
+        for feature in self.features():
+            if feature.status in ("in_progress", "verifying"):
+                session = by_feature.get(feature.id)
+                note = (f"The previous session ({session['phase']} with {session['agent']}) was "
+                        "interrupted before it finished; its work so far is committed on the "
+                        "branch. Continue from there.") if session else \
+                    "A previous run was interrupted while working on this feature."
+                self._retry_context[feature.id] = {"context": note}
+                self._status[feature.id] = feature.status
+                self.set_status(feature.id, "open")
+                self.notice("info", f"feature #{feature.id} was interrupted; queued again")
+
+    # ================================================================ reporting
+    def snapshot(self) -> dict:
+        """A copy of the live state, safe to call from any thread."""
+        with self._lock:
+            feats = self._features or []
+            counts: dict[str, int] = {}
+            for f in feats:
+                counts[f.status] = counts.get(f.status, 0) + 1
+            tracks = [t.public() for t in self.tracks.values()]
+        totals = self.db.totals(since=None)
+        return {"state": self.state, "started_at": self.started_at, "tracks": tracks,
+                "counts": counts, "cost_usd": totals.get("cost_usd"),
+                "tokens": {"input": totals.get("input_tokens"),
+                           "output": totals.get("output_tokens")},
+                "limits": self.limits.snapshot()}
+
+    def summary(self) -> dict:
+        feats = {f.id: f for f in self.features()}
+        processed = {fid: feats[fid].status if fid in feats else out
+                     for fid, out in self.outcomes.items()}
+        return {"processed": processed,
+                "passed": sorted(i for i, s in processed.items() if s == "passed"),
+                "failed": sorted(i for i, s in processed.items() if s != "passed"),
+                "paused_tracks": {n: t.paused_reason for n, t in self.tracks.items() if t.paused},
+                "blocked": sorted(f.id for f in feats.values() if f.status == "blocked"
+                                  and (self._selected is None or f.id in self._selected))}
+

@@ -1,0 +1,490 @@
+"""One feature's way through the pipeline: implement → merge → verify → fix, until it passes, fails,
+or has to wait (track paused, daemon stopping)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import git, proc
+from .agents.base import AgentRequest
+from .failures import Failure
+from .progress import append_outcome
+from .prompts import numbered
+from .ratelimits import agent_chain
+from .sessions import SessionResult
+from .verdict import parse_verdict
+
+CHECK_TAIL = 4000
+BLOCKED_RETRY_SECONDS = 10.0
+
+
+class Interrupted(Exception):
+    """The feature must stop here and stay queued (daemon stopping, track paused)."""
+
+
+@dataclass
+class CheckResult:
+    argv: list[str]
+    exit_code: int | None
+    reason: str
+    tail: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def describe(self) -> str:
+        status = "passed" if self.ok else f"FAILED (exit {self.exit_code}, {self.reason})"
+        return f"$ {' '.join(self.argv)}\n{status}\n{self.tail.strip()}".strip()
+
+
+@dataclass
+class VerifyReport:
+    passed: bool
+    summary: str
+    text: str
+    checks: list[CheckResult] = field(default_factory=list)
+
+
+@dataclass
+class MergeOutcome:
+    kind: str  # merged | conflict | blocked
+    files: list[str] = field(default_factory=list)
+    sha: str | None = None
+
+
+class FeatureJob:
+    def __init__(self, orch, feature, track):
+        self.orch = orch
+        self.feature = feature
+        self.track = track
+        cfg = orch.config
+        self.cfg = cfg
+        self.base = cfg["baseBranch"]
+        existing = feature.raw.get("branch")
+        self.branch = existing if isinstance(existing, str) and git.valid_branch_name(existing) \
+            and existing.startswith("feature/") else git.branch_name(feature.id, feature.name)
+        self.worktree: Path | None = None
+        self.attempts = 0
+        self.sessions = 0
+        self.cost = float(feature.raw.get("cost_usd") or 0.0) if _is_number(
+            feature.raw.get("cost_usd")) else 0.0
+        self.retry_context = orch.take_retry_context(feature.id)
+
+    # ------------------------------------------------------------------ entry point
+    async def run(self) -> str:
+        f, o = self.feature, self.orch
+        o.set_status(f.id, "in_progress", branch=self.branch, failure_reason=None,
+                     failure_category=None)
+        self.worktree = await asyncio.to_thread(
+            o.worktrees.create, self.branch.replace("/", "-"), self.branch, self.base)
+        o.prepare_worktree(self.worktree)
+        try:
+            if await self._commits_ahead() == 0 or self.retry_context.get("reimplement"):
+                if not await self.implement():
+                    return self.feature_status()
+            max_attempts = int(self.cfg["verification.maxAttempts"])
+            attempt = 0
+            while True:
+                attempt += 1
+                if not await self.merge():
+                    return self.feature_status()
+                if self.cfg["verification.disabled"]:
+                    return await self.finish_passed()
+                report = await self.verify(attempt)
+                if report.passed:
+                    return await self.finish_passed()
+                if attempt >= max_attempts:
+                    return await self.finish_failed(
+                        "verification", f"verification failed {attempt} time(s): {report.summary}")
+                if not await self.fix(report, attempt, max_attempts):
+                    return self.feature_status()
+        except Interrupted:
+            await self.requeue("interrupted")
+            return "open"
+
+    def feature_status(self) -> str:
+        return self.orch.known_status(self.feature.id)
+
+    # ------------------------------------------------------------------ phases
+    async def implement(self) -> bool:
+        retries = 0
+        previous = self.retry_context.get("previous") or ""
+        while True:
+            self.orch.set_phase(self.track, "implementing", self.feature)
+            prompt = self.render("implement", previous_attempt=previous)
+            result = await self.agent_session("implement", prompt, self.worktree)
+            failure = result.failure
+            if result.ok:
+                await self.commit_leftovers("implementation")
+                if await self._commits_ahead() > 0:
+                    self.track.env_strikes = 0
+                    return True
+                failure = Failure("implementation",
+                                  "the agent finished without committing any change", None, True)
+            if not await self.handle_failure(failure, result):
+                return False
+            retries += 1
+            if retries > int(self.cfg["agent.maxRetries"]):
+                await self.finish_failed(failure.category, f"{failure.reason} (after "
+                                         f"{retries} attempts)")
+                return False
+            previous = self.failure_context(failure, result)
+
+    async def fix(self, report: VerifyReport, attempt: int, max_attempts: int) -> bool:
+        retries = 0
+        extra = ""
+        while True:
+            self.orch.set_status(self.feature.id, "in_progress")
+            self.orch.set_phase(self.track, "fixing", self.feature)
+            prompt = self.render("fix", verification_report=report.text, attempt=attempt,
+                                 max_attempts=max_attempts, previous_attempt=extra)
+            result = await self.agent_session("fix", prompt, self.worktree)
+            if result.ok:
+                await self.commit_leftovers("fix")
+                self.track.env_strikes = 0
+                return True
+            if not await self.handle_failure(result.failure, result):
+                return False
+            retries += 1
+            if retries > int(self.cfg["agent.maxRetries"]):
+                await self.finish_failed(result.failure.category, result.failure.reason)
+                return False
+            extra = self.failure_context(result.failure, result)
+
+    async def merge(self) -> bool:
+        o = self.orch
+        conflicts_fixed = 0
+        while True:
+            o.set_phase(self.track, "merging", self.feature)
+            async with o.merge_lock:
+                outcome = await asyncio.to_thread(self._merge_locked)
+            o.publish("merge", {"feature_id": self.feature.id, "branch": self.branch,
+                                "base": self.base, "result": outcome.kind, "sha": outcome.sha,
+                                "files": outcome.files})
+            if outcome.kind == "merged":
+                return True
+            if outcome.kind == "blocked":
+                o.set_phase(self.track, "waiting", self.feature)
+                o.notice("warning", f"feature #{self.feature.id} waits to merge: your uncommitted "
+                         f"changes in {', '.join(outcome.files)} would be overwritten by the "
+                         f"merge into {self.base}. Commit or stash them; the merge is retried "
+                         f"every {int(BLOCKED_RETRY_SECONDS)} s.", key=f"blocked-{self.feature.id}")
+                await o.pause_point(BLOCKED_RETRY_SECONDS)
+                continue
+            if conflicts_fixed >= 1:
+                await self.finish_failed(
+                    "conflict", f"merge conflict with {self.base} in {', '.join(outcome.files)} "
+                    "was not resolved")
+                return False
+            conflicts_fixed += 1
+            o.set_phase(self.track, "fixing", self.feature)
+            prompt = self.render("conflict", conflict_files="\n".join(
+                f"- {name}" for name in outcome.files))
+            result = await self.agent_session("conflict", prompt, self.worktree)
+            await asyncio.to_thread(self._leave_no_merge_in_progress)
+            if result.ok:
+                await self.commit_leftovers("conflict resolution")
+
+    def _merge_locked(self) -> MergeOutcome:
+        """Runs in a worker thread while holding the project's merge lock."""
+        o = self.orch
+        checkout = o.worktrees.integration_checkout(self.base, discard_changes=True)
+        git.restore_paths_from(self.worktree, self.base, o.protected_paths(),
+                               "orchestrator: drop changes to files the orchestrator owns")
+        into_feature = git.merge(self.worktree, self.base, no_ff=False,
+                                 message=f"Merge {self.base} into {self.branch}")
+        if not into_feature.ok:
+            if into_feature.blocked_by_local_changes:
+                git.commit_all(self.worktree, "wip: uncommitted agent changes",
+                               exclude=o.protected_paths())
+                return MergeOutcome("conflict", into_feature.blocked_by_local_changes)
+            return MergeOutcome("conflict", into_feature.conflicts or ["(unknown files)"])
+        into_base = git.merge(checkout, self.branch, no_ff=True,
+                              message=f"Merge feature #{self.feature.id}: {self.feature.name}")
+        if into_base.ok:
+            return MergeOutcome("merged", sha=into_base.sha)
+        if into_base.blocked_by_local_changes:
+            return MergeOutcome("blocked", into_base.blocked_by_local_changes)
+        return MergeOutcome("conflict", into_base.conflicts or ["(unknown files)"])
+
+    def _leave_no_merge_in_progress(self) -> None:
+        if git.merge_in_progress(self.worktree):
+            git.abort_merge(self.worktree)
+
+    async def verify(self, attempt: int) -> VerifyReport:
+        o, f = self.orch, self.feature
+        o.set_status(f.id, "verifying")
+        o.set_phase(self.track, "verifying", f)
+        await o.pause_point(float(self.cfg["verification.delayMs"]) / 1000.0)
+        checkout = await asyncio.to_thread(o.worktrees.integration_checkout, self.base,
+                                           discard_changes=True)
+        checks = []
+        for argv in [*f.verify, *self.cfg["verification.commands"]]:
+            checks.append(await self.run_check(list(argv), checkout))
+        command_results = "\n\n".join(c.describe() for c in checks) or "(none configured)"
+        prompt = self.render("verify", command_results=command_results, attempt=attempt)
+        result = await self.agent_session("verify", prompt, checkout)
+        answer = (result.outcome.final_text if result.outcome else "") or ""
+        verdict = parse_verdict(answer)
+        failed_checks = [c for c in checks if not c.ok]
+        if not result.ok:
+            summary = f"the verifier failed: {result.failure.reason}"
+        elif verdict.passed is None:
+            summary = "verifier gave no verdict"
+        elif not verdict.passed:
+            steps = ", ".join(
+                f"step {n}" + (f" ({verdict.steps[n][1]})" if verdict.steps[n][1] else "")
+                for n in verdict.failed_steps)
+            summary = f"verdict FAIL{': ' + steps if steps else ''}"
+        elif failed_checks:
+            summary = "verify command failed: " + "; ".join(
+                f"{' '.join(c.argv)} (exit {c.exit_code})" for c in failed_checks)
+        else:
+            return VerifyReport(True, "verdict PASS", answer, checks)
+        if failed_checks and "verify command failed" not in summary:
+            summary += "; verify command failed: " + "; ".join(
+                f"{' '.join(c.argv)} (exit {c.exit_code})" for c in failed_checks)
+        text = f"{summary}\n\nVerifier's answer:\n{answer.strip() or '(empty)'}"
+        if checks:
+            text += f"\n\nChecks run by the orchestrator:\n{command_results}"
+        return VerifyReport(False, summary, text, checks)
+
+    async def run_check(self, argv: list[str], cwd: Path) -> CheckResult:
+        tail: list[str] = []
+        size = 0
+
+        def keep(line: str) -> None:
+            nonlocal size
+            tail.append(line)
+            size += len(line) + 1
+            while size > CHECK_TAIL and len(tail) > 1:
+                size -= len(tail.pop(0)) + 1
+
+        started = time.monotonic()
+        try:
+            child = await proc.AgentProcess.start(argv, cwd=cwd, env=None, on_stdout=keep,
+                                                  on_stderr=keep)
+        except Exception as exc:  # a missing binary is a failed check, with its reason
+            result = CheckResult(argv, None, "could not start", str(exc), 0.0)
+        else:
+            self.orch.register_child(child)
+            try:
+                info = await child.wait(timeout=float(self.cfg["verification.commandTimeoutSeconds"]),
+                                        grace=float(self.cfg["agent.killGraceSeconds"]))
+            finally:
+                self.orch.unregister_child(child)
+            if info.reason == "stopped":
+                raise Interrupted()
+            result = CheckResult(argv, info.returncode, info.reason, "\n".join(tail),
+                                 time.monotonic() - started)
+        self.orch.publish("check", {"feature_id": self.feature.id, "argv": argv,
+                                    "exit_code": result.exit_code, "reason": result.reason,
+                                    "duration": round(result.duration, 3),
+                                    "tail": result.tail[-CHECK_TAIL:]})
+        return result
+
+    # ------------------------------------------------------------------ endings
+    async def finish_passed(self) -> str:
+        o, f = self.orch, self.feature
+        await asyncio.to_thread(self._push_if_configured)
+        await self.cleanup(delete_branch=bool(self.cfg["git.deleteMergedBranches"]))
+        o.set_status(f.id, "passed", attempts=self.attempts, cost_usd=round(self.cost, 6),
+                     failure_reason=None, failure_category=None)
+        self.record_progress("PASSED", None)
+        return "passed"
+
+    async def finish_failed(self, category: str, reason: str) -> str:
+        o, f = self.orch, self.feature
+        if self.cfg["verification.revertOnFailure"]:
+            async with o.merge_lock:
+                reverted = await asyncio.to_thread(self._revert_merges)
+            if reverted is False:
+                o.notice("error", f"feature #{f.id}: its merge into {self.base} could not be "
+                         "reverted automatically (conflict); revert it by hand")
+        await self.cleanup(delete_branch=False)
+        o.set_status(f.id, "failed", attempts=self.attempts, cost_usd=round(self.cost, 6),
+                     failure_reason=reason, failure_category=category)
+        self.record_progress("FAILED", reason)
+        return "failed"
+
+    def _revert_merges(self) -> bool | None:
+        checkout = self.orch.worktrees.integration_checkout(self.base, discard_changes=True)
+        merges = git.merge_commits_of(checkout, self.base, self.branch)
+        if not merges:
+            return None
+        for sha in merges:
+            if not git.revert_merge(checkout, sha, f"Revert feature #{self.feature.id}: "
+                                    f"{self.feature.name} (verification failed)"):
+                return False
+        return True
+
+    def _push_if_configured(self) -> None:
+        mode = self.cfg["git.push"]
+        root = self.orch.root
+        if mode == "never" or (mode == "auto" and not git.has_upstream(root, self.base)):
+            return
+        try:
+            git.push(root, self.cfg["git.remote"], self.base)
+        except Exception as exc:
+            self.orch.notice("warning", f"push of {self.base} failed: {exc}")
+
+    async def cleanup(self, *, delete_branch: bool) -> None:
+        if self.worktree is None:
+            return
+        await self.commit_leftovers("final")
+        await asyncio.to_thread(self._remove_worktree)
+        self.worktree = None
+        if delete_branch:
+            await asyncio.to_thread(git.delete_branch, self.orch.root, self.branch,
+                                    merged_into=self.base)
+
+    def _remove_worktree(self) -> None:
+        # What is left uncommitted now can only be the agent's copies of files the orchestrator
+        # owns (commit_leftovers excludes them); those are disposable.
+        protected = set(self.orch.protected_paths())
+        leftovers = git.dirty_paths(self.worktree)
+        force = bool(leftovers) and all(p.rstrip("/") in protected for p in leftovers)
+        self.orch.worktrees.remove(self.worktree, force=force)
+
+    async def requeue(self, why: str) -> None:
+        """Keep everything the agent did on the branch; the feature goes back to the queue."""
+        if self.worktree is not None and self.worktree.exists():
+            await self.commit_leftovers(why)
+        self.orch.set_status(self.feature.id, "open")
+
+    def record_progress(self, outcome: str, reason: str | None) -> None:
+        append_outcome(self.orch.config.path("progressFile"), feature=self.feature,
+                       outcome=outcome, reason=reason, branch=self.branch,
+                       attempts=self.attempts, sessions=self.sessions,
+                       cost_usd=round(self.cost, 6) if self.cost else None,
+                       when=dt.datetime.now(dt.timezone.utc))
+
+    # ------------------------------------------------------------------ helpers
+    async def agent_session(self, phase: str, prompt: str, cwd: Path) -> SessionResult:
+        """Run one session with the first agent of the chain that is not rate-limited or
+        unavailable; a rate limit moves on to the next agent or waits, and never counts as an
+        attempt."""
+        o, cfg, f = self.orch, self.cfg, self.feature
+        chain = agent_chain(cfg["agent.preferred"], cfg["agent.fallbackAgents"], f.agent)
+        while True:
+            o.check_running(self.track)
+            agent, until = o.limits.pick(chain)
+            if agent is None:
+                if until is None:
+                    reasons = "; ".join(f"{a}: {o.limits.snapshot()['unavailable'].get(a, '?')}"
+                                        for a in chain)
+                    o.pause_track(self.track.name, f"no agent available ({reasons})")
+                    raise Interrupted()
+                o.set_phase(self.track, "waiting", f)
+                when = dt.datetime.fromtimestamp(until, dt.timezone.utc).strftime("%H:%M:%S UTC")
+                o.notice("warning", f"all agents ({', '.join(chain)}) are rate-limited; "
+                         f"track {self.track.name} waits until {when}", key=f"wait-{until}")
+                await o.pause_point(max(0.0, until - o.clock()))
+                continue
+            if phase in ("implement", "fix", "conflict"):
+                o.set_phase(self.track, {"implement": "implementing"}.get(phase, "fixing"), f)
+            if phase != "verify":
+                self.attempts += 1
+            request = AgentRequest(
+                phase=phase, prompt=prompt, cwd=Path(cwd),
+                max_turns=int(cfg["agent.maxTurnsVerification" if phase == "verify"
+                                  else "agent.maxTurnsImplementation"]),
+                allowed_tools=cfg["agent.allowedToolsVerification"] if phase == "verify" else None,
+                model=cfg["agent.model"], resume_session_id=None,
+                prompt_file=o.write_prompt_file(f.id, phase, prompt), max_budget_usd=None)
+            self.track.agent = agent
+            result = await o.sessions.run(agent=agent, request=request, feature_id=f.id,
+                                          track=self.track.name, attempt=self.attempts)
+            self.track.session_id = None
+            self.sessions += 1
+            if result.outcome and result.outcome.cost_usd:
+                self.cost += result.outcome.cost_usd
+            if result.exit_reason == "stopped":
+                raise Interrupted()
+            if result.unavailable:
+                if phase != "verify":
+                    self.attempts -= 1
+                if o.limits.mark_unavailable(agent, result.tail[-1] if result.tail else "missing"):
+                    o.notice("error", f"agent '{agent}' is unavailable: "
+                             f"{result.tail[-1] if result.tail else 'not found'}; skipping it")
+                continue
+            if result.failure and result.failure.category == "rate_limit":
+                if phase != "verify":
+                    self.attempts -= 1
+                until = o.limits.mark_limited(agent, resets_at=result.failure.resets_at,
+                                              reason=result.failure.reason)
+                when = dt.datetime.fromtimestamp(until, dt.timezone.utc).strftime("%H:%M:%S UTC")
+                o.notice("warning", f"{agent} is rate-limited ({result.failure.reason}); "
+                         f"not used until {when}")
+                o.publish("track", {"name": self.track.name, "rate_limited": agent,
+                                    "until": until})
+                continue
+            o.limits.clear(agent)
+            return result
+
+    async def handle_failure(self, failure: Failure, result: SessionResult) -> bool:
+        """False when the feature must stop here (track paused: feature back to open)."""
+        if failure.category == "environment":
+            self.track.env_strikes += 1
+            if self.track.env_strikes >= 2:
+                reason = (f"2 environment failures in a row (last: {failure.reason}); fix the "
+                          "environment, then resume the track")
+                self.orch.pause_track(self.track.name, reason)
+                await self.requeue("environment failure")
+                self.orch.set_status(self.feature.id, "open", failure_reason=failure.reason,
+                                     failure_category=failure.category)
+                return False
+        else:
+            self.track.env_strikes = 0
+        return True
+
+    def failure_context(self, failure: Failure, result: SessionResult) -> str:
+        tail = "\n".join(result.tail[-30:])
+        state = "\n".join(f"{e.code} {e.path}" for e in git.status(self.worktree)[:40]) \
+            if self.worktree and self.worktree.exists() else ""
+        return ("## The previous attempt failed\n"
+                f"Category: {failure.category}\nReason: {failure.reason}\n"
+                + (f"\nLast output:\n```\n{tail}\n```\n" if tail else "")
+                + (f"\nRepository state:\n```\n{state}\n```\n" if state else "")
+                + "Continue from the current state of the branch and fix the cause.")
+
+    def render(self, kind: str, **extra) -> str:
+        o, f, cfg = self.orch, self.feature, self.cfg
+        values = {
+            "project_name": cfg["projectName"], "feature_id": f.id, "feature_name": f.name,
+            "feature_category": f.category or "(none)",
+            "feature_description": f.description or f.name,
+            "feature_steps": numbered(f.steps), "branch": self.branch, "base_branch": self.base,
+            "worktree": str(self.worktree or ""), "app_url": cfg["appUrl"],
+            "instructions_file": cfg["instructionsFile"], "features_file": cfg["featuresFile"],
+            "progress_file": cfg["progressFile"], "attempt": 1,
+            "max_attempts": cfg["verification.maxAttempts"], "previous_attempt": "",
+            "verification_report": "", "command_results": "", "conflict_files": "",
+            "docker_hint": o.docker_hint(self.worktree),
+            "extra_context": self.retry_context.get("context") or "",
+        }
+        values.update(extra)
+        return o.prompts.render(kind, values)
+
+    async def commit_leftovers(self, why: str) -> None:
+        if self.worktree is None or not self.worktree.exists():
+            return
+        await asyncio.to_thread(self._commit_leftovers_sync, why)
+
+    def _commit_leftovers_sync(self, why: str) -> None:
+        if git.merge_in_progress(self.worktree):
+            git.abort_merge(self.worktree)
+        git.commit_all(self.worktree, f"orchestrator: commit changes left by the agent ({why})",
+                       exclude=self.orch.protected_paths())
+
+    async def _commits_ahead(self) -> int:
+        return await asyncio.to_thread(git.commits_ahead, self.orch.root, self.base, self.branch)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,150 @@
+"""Running one agent session: spawn the CLI, normalise its output into the event stream, record
+the session, and classify how it ended."""
+from __future__ import annotations
+
+import collections
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from . import proc
+from .agents import get_adapter
+from .agents.base import AgentRequest, RunOutcome
+from .errors import AgentUnavailable
+from .failures import Failure, classify
+from .states import SessionStatus
+
+TAIL_LINES = 60
+
+
+@dataclass
+class SessionResult:
+    session_id: int
+    agent: str
+    outcome: RunOutcome | None
+    failure: Failure | None  # None: the session succeeded
+    exit_reason: str
+    tail: list[str] = field(default_factory=list)  # last lines of text/error output, for context
+    unavailable: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and not self.unavailable
+
+
+class SessionRunner:
+    """Owns every running agent process so that a stop can end them all."""
+
+    def __init__(self, *, db, bus, config, clock: Callable[[], float] = time.time,
+                 env: Mapping[str, str] | None = None, adapter_factory=get_adapter,
+                 sandbox=None):
+        self.db = db
+        self.bus = bus
+        self.config = config
+        self.clock = clock
+        self.env = os.environ if env is None else env
+        self.adapter_factory = adapter_factory
+        self.sandbox = sandbox
+        self.active: dict[int, proc.AgentProcess] = {}
+
+    async def run(self, *, agent: str, request: AgentRequest, feature_id: int, track: str,
+                  attempt: int) -> SessionResult:
+        cfg = self.config
+        adapter = self.adapter_factory(agent, cfg)
+        argv = adapter.argv(request)
+        env = adapter.env(self.env, phase=request.phase)
+        if self.sandbox is not None:
+            argv = self.sandbox(argv, request.cwd)
+        sid = self.db.create_session(
+            feature_id=feature_id, track=track, phase=request.phase, agent=agent, attempt=attempt,
+            prompt=request.prompt, cwd=str(request.cwd), started_at=self.clock())
+        self._publish_session(sid, feature_id, track, request.phase, agent, "running")
+
+        parser = adapter.parser()
+        cap = int(cfg["agent.maxOutputBytes"])
+        stored = 0
+        truncated = False
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        stderr_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+        def emit(events) -> None:
+            nonlocal stored, truncated
+            for ev in events:
+                if ev.kind in ("text", "error", "raw", "result") and ev.text:
+                    tail.extend(ev.text.splitlines()[-TAIL_LINES:])
+                if truncated:
+                    continue
+                data = ev.to_dict()
+                size = len(ev.text) + len(str(data.get("data") or ""))
+                if stored + size > cap:
+                    truncated = True
+                    data = {"kind": "notice", "text": f"output truncated: more than {cap} bytes; "
+                            "the rest of this session's output is not kept", "data": {}}
+                stored += size
+                self.bus.publish("output", {"session_id": sid, "feature_id": feature_id,
+                                            "track": track, "event": data}, session_id=sid)
+
+        def on_stdout(line: str) -> None:
+            emit(parser.feed(line))
+
+        def on_stderr(line: str) -> None:
+            stderr_tail.append(line)
+            emit(parser.feed_stderr(line))
+
+        try:
+            child = await proc.AgentProcess.start(argv, cwd=request.cwd, env=env,
+                                                  on_stdout=on_stdout, on_stderr=on_stderr)
+        except AgentUnavailable as exc:
+            self.db.update_session(sid, status=SessionStatus.FAILED.value, ended_at=self.clock(),
+                                   error=exc.message, failure_category="unavailable",
+                                   exit_reason="unavailable")
+            self._publish_session(sid, feature_id, track, request.phase, agent, "failed",
+                                  error=exc.message)
+            return SessionResult(sid, agent, None, None, "unavailable", [exc.message],
+                                 unavailable=True)
+
+        self.active[sid] = child
+        try:
+            info = await child.wait(
+                timeout=float(cfg["agent.timeoutMinutes"]) * 60,
+                stall_timeout=float(cfg["agent.stallMinutes"]) * 60,
+                grace=float(cfg["agent.killGraceSeconds"]))
+        finally:
+            self.active.pop(sid, None)
+
+        outcome = parser.finish(info.returncode)
+        failure = classify(outcome, stderr_tail="\n".join(stderr_tail), exit_reason=info.reason,
+                           critical_patterns=cfg.critical_patterns, now=self.clock(),
+                           timeout_minutes=cfg["agent.timeoutMinutes"],
+                           stall_minutes=cfg["agent.stallMinutes"])
+        if info.reason == "stopped":
+            status = SessionStatus.INTERRUPTED.value
+        else:
+            status = SessionStatus.SUCCEEDED.value if failure is None else SessionStatus.FAILED.value
+        self.db.update_session(
+            sid, status=status, ended_at=self.clock(), exit_code=info.returncode,
+            exit_reason=info.reason, agent_session_id=outcome.session_id, model=outcome.model,
+            cost_usd=outcome.cost_usd, input_tokens=outcome.input_tokens,
+            output_tokens=outcome.output_tokens, num_turns=outcome.num_turns,
+            error=failure.reason if failure else None,
+            failure_category=failure.category if failure else None,
+            final_text=(outcome.final_text or "")[-20000:], output_bytes=stored,
+            truncated=int(truncated))
+        self._publish_session(sid, feature_id, track, request.phase, agent, status,
+                              error=failure.reason if failure else None,
+                              category=failure.category if failure else None,
+                              cost_usd=outcome.cost_usd)
+        return SessionResult(sid, agent, outcome, failure, info.reason, list(tail))
+
+    def _publish_session(self, sid, feature_id, track, phase, agent, status, **extra) -> None:
+        data = {"id": sid, "feature_id": feature_id, "track": track, "phase": phase,
+                "agent": agent, "status": status}
+        data.update({k: v for k, v in extra.items() if v is not None})
+        self.bus.publish("session", data, session_id=sid)
+
+    async def stop_all(self, grace: float | None = None) -> None:
+        grace = float(self.config["agent.killGraceSeconds"]) if grace is None else grace
+        for child in list(self.active.values()):
+            await child.terminate(grace=grace)
+

@@ -1,0 +1,165 @@
+"""End to end, as a user runs it: `agent-orchestrator run` on a real repository with the fake
+agent CLIs; everything checked in git, features.json, the progress file and the database."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from projects import feature, git, load_features, make_project, run_cli, FAKES_DIR, REPO_ROOT
+
+THREE_TRACKS = [
+    {"name": "core", "categories": ["core"], "isDefault": True},
+    {"name": "ui", "categories": ["ui"]},
+    {"name": "api", "categories": ["api"]},
+]
+
+
+def sessions(repo):
+    con = sqlite3.connect(repo / ".orchestrator" / "orchestrator.db")
+    con.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in con.execute("SELECT * FROM sessions ORDER BY id")]
+        for row in rows:
+            row["events"] = con.execute(
+                "SELECT count(*) FROM events WHERE session_id = ? AND type = 'output'",
+                (row["id"],)).fetchone()[0]
+        return rows
+    finally:
+        con.close()
+
+
+def test_six_features_three_tracks_all_merged(git_repo):
+    feats = [feature(1, "core"), feature(2, "ui"), feature(3, "api"), feature(4, "core"),
+             feature(5, "ui"), feature(6, "api", name="Ünïcode / weird: name -- with ..dots")]
+    repo = make_project(git_repo, feats, tracks=THREE_TRACKS)
+    git(repo, "checkout", "-q", "ai-develop")
+    (repo / "README.md").write_text("# demo project\nmy uncommitted edit\n")
+
+    result = run_cli("run", "--project", str(repo))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+    statuses = {fid: f["status"] for fid, f in load_features(repo).items()}
+    assert statuses == {i: "passed" for i in range(1, 7)}
+    merges = git(repo, "log", "--merges", "--first-parent", "--format=%s", "ai-develop")
+    assert len(merges.splitlines()) == 6
+    for i in range(1, 7):
+        assert (repo / f"feature-{i}.txt").exists()
+        assert f"Merge feature #{i}:" in merges
+    progress = (repo / "orchestrator-progress.txt").read_text()
+    assert progress.count("PASSED") == 6
+    rows = sessions(repo)
+    assert len(rows) == 6 and all(r["status"] == "succeeded" for r in rows)
+    assert all(r["events"] > 0 and r["agent_session_id"] for r in rows)
+    assert not list((repo / ".orchestrator" / "worktrees").glob("*"))
+    assert "feature/" not in git(repo, "worktree", "list")
+    # the user's uncommitted edit is still there, untouched and uncommitted
+    assert (repo / "README.md").read_text() == "# demo project\nmy uncommitted edit\n"
+    assert git(repo, "status", "--porcelain", "README.md") == "M README.md"
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "ai-develop"
+    # one line per phase change
+    assert "#6" in result.stdout and "implementing" in result.stdout and "PASSED" in result.stdout
+
+
+def test_integration_worktree_when_root_is_on_another_branch(git_repo):
+    repo = make_project(git_repo, [feature(1), feature(2)])
+    (repo / "notes.txt").write_text("untracked user file\n")
+    result = run_cli("run", "--project", str(repo), "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(l) for l in result.stdout.splitlines()]
+    assert lines[-1]["type"] == "summary" and lines[-1]["passed"] == [1, 2]
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert not (repo / "feature-1.txt").exists()
+    assert git(repo, "show", "ai-develop:feature-1.txt")
+    assert (repo / "notes.txt").read_text() == "untracked user file\n"
+
+
+def test_tracks_overlap_in_time(git_repo):
+    feats = [feature(1, "core"), feature(2, "ui"), feature(3, "api")]
+    repo = make_project(git_repo, feats, tracks=THREE_TRACKS)
+    started = time.monotonic()
+    result = run_cli("run", "--project", str(repo), env={"FAKE_AGENT_DELAY": "1.5"})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    rows = sessions(repo)
+    assert len(rows) == 3
+    latest_start = max(r["started_at"] for r in rows)
+    earliest_end = min(r["ended_at"] for r in rows)
+    assert latest_start < earliest_end, "the three sessions did not run at the same time"
+    assert elapsed < 3 * 1.5 + 3
+
+
+def test_user_edits_while_running_survive_and_new_feature_runs(git_repo):
+    repo = make_project(git_repo, [feature(1), feature(2)])
+    env = dict(__import__("os").environ)
+    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["FAKE_AGENT_DELAY"] = "1.5"
+    child = subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
+                              str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while load_features(repo)[1]["status"] != "in_progress":
+            assert time.monotonic() < deadline, "feature 1 never started"
+            time.sleep(0.05)
+        doc = json.loads((repo / "features.json").read_text())
+        doc["features"][1]["description"] = "Edited by the user while running."
+        doc["features"].append(feature(3, name="Added while running"))
+        (repo / "features.json").write_text(json.dumps(doc, indent=4) + "\n")
+        out, err = child.communicate(timeout=90)
+    finally:
+        child.kill()
+    assert child.returncode == 0, out + err
+    feats = load_features(repo)
+    assert feats[2]["description"] == "Edited by the user while running."
+    assert {fid: f["status"] for fid, f in feats.items()} == {1: "passed", 2: "passed",
+                                                               3: "passed"}
+    assert (repo / "features.json").read_text().startswith('{\n    "project"')
+
+
+def test_agent_without_commits_fails_with_reason(git_repo):
+    repo = make_project(git_repo, [feature(1)], agent={"maxRetries": 1})
+    result = run_cli("run", "--project", str(repo), env={"FAKE_AGENT_SCENARIO": "no_commit"})
+    assert result.returncode == 1
+    f = load_features(repo)[1]
+    assert f["status"] == "failed"
+    assert "without committing" in f["failure_reason"]
+    assert f["failure_category"] == "implementation"
+    assert len(sessions(repo)) == 2
+
+
+def test_leftover_changes_are_committed_for_the_agent(git_repo):
+    repo = make_project(git_repo, [feature(1)])
+    result = run_cli("run", "--project", str(repo), env={"FAKE_AGENT_SCENARIO": "leftover"})
+    assert result.returncode == 0, result.stderr
+    assert git(repo, "show", "ai-develop:feature-1.txt")
+    log = git(repo, "log", "--format=%s", "feature/1-feature-1")
+    assert "commit changes left by the agent" in log
+
+
+def test_agent_edits_to_orchestrator_files_are_dropped(git_repo, tmp_path):
+    repo = make_project(git_repo, [feature(1)])
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"match": "Implement", "scenario": "implement"}]))
+    result = run_cli("run", "--project", str(repo),
+                     env={"FAKE_AGENT_FILE": "orchestrator-progress.txt"})
+    assert result.returncode == 0, result.stderr
+    # the agent's write to the progress file never reaches the base branch
+    with pytest.raises(subprocess.CalledProcessError):
+        git(repo, "show", "ai-develop:orchestrator-progress.txt")
+
+
+def test_missing_agent_is_reported_once_and_run_ends(git_repo):
+    repo = make_project(git_repo, [feature(1), feature(2)],
+                        agent={"preferred": "codex", "fallbackAgents": []})
+    result = run_cli("run", "--project", str(repo), env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert result.stdout.count("unavailable") + result.stderr.count("unavailable") >= 1
+    assert "no agent available" in result.stdout
+    assert {f["status"] for f in load_features(repo).values()} == {"open"}
