@@ -231,6 +231,8 @@ SETTINGS: list[Setting] = [
     S("worktree.copyFiles", "strings", [], "Files of the project root copied into every worktree (e.g. .env); never committed.", check=_relative_paths),
     S("worktree.dockerService", "string?", None, "Docker Compose / Sail service the app runs in; enables the worktree wrapper script."),
     S("worktree.dockerWorkDir", "string?", None, "Working directory of the project inside that container."),
+    S("worktree.dockerComposeFile", "string?", None, "Compose file for the wrapper script (null: the one found in the project: compose.yaml, docker-compose.yml, ...)."),
+    S("worktree.dockerUser", "string?", None, "User to run commands as inside the container (`-u`); Sail projects use `sail`."),
     S("agent.preferred", "string", "claude", "Agent that runs first: claude, codex, gemini or a name defined under `agents`."),
     S("agent.fallbackAgents", "strings", [], "Agents tried in order when the current one is rate limited."),
     S("agent.maxTurnsImplementation", "integer", 40, "Max agent turns for implement and fix sessions.", check=_at_least(1)),

@@ -223,6 +223,7 @@ class FeatureJob:
         await o.pause_point(float(self.cfg["verification.delayMs"]) / 1000.0)
         checkout = await asyncio.to_thread(o.worktrees.integration_checkout, self.base,
                                            discard_changes=True)
+        o.prepare_worktree(checkout)
         checks = []
         for argv in [*f.verify, *self.cfg["verification.commands"]]:
             checks.append(await self.run_check(list(argv), checkout))
@@ -461,7 +462,7 @@ class FeatureJob:
             "feature_description": f.description or f.name,
             "feature_steps": numbered(f.steps), "branch": self.branch, "base_branch": self.base,
             "worktree": str(self.worktree or ""), "app_url": cfg["appUrl"],
-            "instructions_file": cfg["instructionsFile"], "features_file": cfg["featuresFile"],
+            "instructions_file": self.instructions_path(), "features_file": cfg["featuresFile"],
             "progress_file": cfg["progressFile"], "attempt": 1,
             "max_attempts": cfg["verification.maxAttempts"], "previous_attempt": "",
             "verification_report": "", "command_results": "", "conflict_files": "",
@@ -470,6 +471,15 @@ class FeatureJob:
         }
         values.update(extra)
         return o.prompts.render(kind, values)
+
+    def instructions_path(self) -> str:
+        """The instructions file as the agent can reach it: relative when its checkout has it,
+        else the project root's copy (e.g. written by init but not committed yet)."""
+        name = self.cfg["instructionsFile"]
+        if self.worktree is not None and not (self.worktree / name).exists() \
+                and (self.orch.root / name).exists():
+            return str(self.orch.root / name)
+        return name
 
     async def commit_leftovers(self, why: str) -> None:
         if self.worktree is None or not self.worktree.exists():

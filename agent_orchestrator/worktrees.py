@@ -150,7 +150,9 @@ class Worktrees:
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             if link:
-                os.symlink(src, dst, target_is_directory=src.is_dir())
+                # relative, so the link also resolves inside a container that mounts the project
+                os.symlink(os.path.relpath(src, dst.parent), dst,
+                           target_is_directory=src.is_dir())
             elif src.is_dir():
                 shutil.copytree(src, dst, symlinks=True)
             else:
