@@ -422,8 +422,6 @@ class FeatureJob:
                 when = dt.datetime.fromtimestamp(until, dt.timezone.utc).strftime("%H:%M:%S UTC")
                 o.notice("warning", f"{agent} is rate-limited ({result.failure.reason}); "
                          f"not used until {when}")
-                o.publish("track", {"name": self.track.name, "rate_limited": agent,
-                                    "until": until})
                 continue
             o.limits.clear(agent)
             return result

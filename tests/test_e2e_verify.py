@@ -123,3 +123,30 @@ def test_agent_ignoring_sigterm_is_killed(git_repo):
     assert result.returncode == 1
     assert "longer than" in load_features(repo)[1]["failure_reason"]
     assert session_rows(repo)[0]["exit_reason"] == "timeout"
+
+
+@pytest.mark.parametrize("agent", ["codex", "gemini"])
+def test_codex_and_gemini_run_the_whole_pipeline(git_repo, tmp_path, agent):
+    repo = make_project(git_repo, [feature(1)], verification=VERIFY_ON,
+                        agent={"preferred": agent})
+    result = run_cli("run", "--project", str(repo))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = session_rows(repo)
+    assert [(r["phase"], r["agent"], r["status"]) for r in rows] == [
+        ("implement", agent, "succeeded"), ("verify", agent, "succeeded")]
+    assert all(r["agent_session_id"] and r["input_tokens"] > 0 for r in rows)
+    assert load_features(repo)[1]["status"] == "passed"
+
+
+def test_max_turns_is_retried_with_the_failure_as_context(git_repo, tmp_path):
+    repo = make_project(git_repo, [feature(1)])
+    env = rules(tmp_path, {"match": "^# Implement", "scenario": "max_turns", "times": 1})
+    result = run_cli("run", "--project", str(repo), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = session_rows(repo)
+    assert [(r["phase"], r["failure_category"]) for r in rows] == [
+        ("implement", "implementation"), ("implement", None)]
+    assert "maximum number of turns" in rows[0]["error"]
+    second = rows[1]["prompt"]
+    assert "The previous attempt failed" in second and "maximum number of turns" in second
+    assert load_features(repo)[1]["attempts"] == 2
