@@ -256,6 +256,7 @@ SETTINGS: list[Setting] = [
     S("verification.commandTimeoutSeconds", "number", 600, "Timeout of each verification command.", check=_at_least(1)),
     S("verification.revertOnFailure", "boolean", True, "Revert the merge of a feature that finally failed, so the base branch keeps only passing features."),
     S("verification.serverCommand", "argv?", None, "Starts the app in the integration checkout for verification when the project root is on another branch; {port} is replaced by a free port."),
+    S("verification.serverStartSeconds", "number", 60, "How long the serverCommand's app may take to answer HTTP before the verification fails."),
     S("git.push", "string", "auto", "Push the base branch after a feature passes: auto (only if it has an upstream), always, never.", choices=("auto", "always", "never")),
     S("git.remote", "string", "origin", "Remote to push to.", check=_remote_check),
     S("git.deleteMergedBranches", "boolean", False, "Delete a feature branch after it passed."),

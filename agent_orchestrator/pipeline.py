@@ -10,6 +10,8 @@ from pathlib import Path
 
 from . import git, proc
 from .agents.base import AgentRequest
+from .appserver import AppServer
+from .errors import OrchestratorError
 from .failures import Failure
 from .progress import append_outcome
 from .prompts import numbered
@@ -224,11 +226,27 @@ class FeatureJob:
         checkout = await asyncio.to_thread(o.worktrees.integration_checkout, self.base,
                                            discard_changes=True)
         o.prepare_worktree(checkout)
+        server_command = self.cfg["verification.serverCommand"]
+        if not server_command or checkout == o.root:
+            return await self._verify_in(checkout, attempt, self.cfg["appUrl"])
+        server = AppServer(list(server_command), checkout,
+                           start_seconds=float(self.cfg["verification.serverStartSeconds"]),
+                           grace=float(self.cfg["agent.killGraceSeconds"]))
+        try:
+            async with server:
+                o.notice("info", f"feature #{f.id}: app for verification at {server.url}")
+                return await self._verify_in(checkout, attempt, server.url)
+        except OrchestratorError as exc:
+            return VerifyReport(False, exc.message, exc.render())
+
+    async def _verify_in(self, checkout: Path, attempt: int, app_url: str) -> VerifyReport:
+        f = self.feature
         checks = []
         for argv in [*f.verify, *self.cfg["verification.commands"]]:
             checks.append(await self.run_check(list(argv), checkout))
         command_results = "\n\n".join(c.describe() for c in checks) or "(none configured)"
-        prompt = self.render("verify", command_results=command_results, attempt=attempt)
+        prompt = self.render("verify", command_results=command_results, attempt=attempt,
+                             app_url=app_url)
         result = await self.agent_session("verify", prompt, checkout)
         answer = (result.outcome.final_text if result.outcome else "") or ""
         verdict = parse_verdict(answer)

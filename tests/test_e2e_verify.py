@@ -150,3 +150,27 @@ def test_max_turns_is_retried_with_the_failure_as_context(git_repo, tmp_path):
     second = rows[1]["prompt"]
     assert "The previous attempt failed" in second and "maximum number of turns" in second
     assert load_features(repo)[1]["attempts"] == 2
+
+
+def test_server_command_serves_the_app_for_the_verifier(git_repo, python_exe):
+    from agent_orchestrator.appserver import answers
+    server = [python_exe, "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+    repo = make_project(git_repo, [feature(1)],
+                        verification={**VERIFY_ON, "serverCommand": server})
+    result = run_cli("run", "--project", str(repo))
+    assert result.returncode == 0, result.stdout + result.stderr
+    verify_prompt = session_rows(repo)[1]["prompt"]
+    import re
+    url = re.search(r"served at (http://127\.0\.0\.1:\d+)", verify_prompt).group(1)
+    assert f"app for verification at {url}" in result.stdout
+    assert not answers(url), "the app server was left running"
+
+
+def test_server_command_that_dies_fails_the_verification(git_repo, python_exe):
+    server = [python_exe, "-c", "import sys; print('boom: no database'); sys.exit(4)"]
+    repo = make_project(git_repo, [feature(1)],
+                        verification={**VERIFY_ON, "maxAttempts": 1, "serverCommand": server})
+    result = run_cli("run", "--project", str(repo))
+    assert result.returncode == 1
+    reason = load_features(repo)[1]["failure_reason"]
+    assert "exited with 4 before answering" in reason and "boom: no database" in reason
