@@ -446,9 +446,15 @@ class AgentProcess:
             await self._exited
             return
         end = self._clock() + grace
-        while self._clock() < end:
-            if self._exited.done() and not _group_alive(self.pid):
-                return
-            await asyncio.sleep(_GROUP_POLL)
+        try:
+            while self._clock() < end:
+                if self._exited.done() and not _group_alive(self.pid):
+                    return
+                await asyncio.sleep(_GROUP_POLL)
+        except asyncio.CancelledError:
+            # the loop is going away (e.g. the daemon exits): nobody will wait out the grace
+            # period, so the group is killed now rather than left running
+            _signal_group(self.pid, signal.SIGKILL)
+            raise
         _signal_group(self.pid, signal.SIGKILL)
         await self._exited

@@ -2,8 +2,10 @@
 the session, and classify how it ended."""
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -13,9 +15,20 @@ from .agents import get_adapter
 from .agents.base import AgentRequest, RunOutcome
 from .errors import AgentUnavailable
 from .failures import Failure, classify
+from .recovery import OWNER_ENV
 from .states import SessionStatus
 
 TAIL_LINES = 60
+# An agent may print lines of many megabytes: what is kept of one line (in the tail used for
+# failure context) or of one event (in the event stream and the database) is bounded.
+TAIL_LINE_CHARS = 2000
+TAIL_CHARS = TAIL_LINES * TAIL_LINE_CHARS
+EVENT_TEXT_CHARS = 64 * 1024
+# Longer lines are cut by the process reader before they are parsed (a JSON event that long is
+# shown as cut raw text); this bounds the memory one agent can take to a few times this size.
+MAX_LINE_BYTES = 2 << 20
+CUT_MARKER = " …[cut: {n} characters]"
+_LINE_CUT = re.compile(re.escape(proc.TRUNCATION_MARKER).replace(r"\{n\}", r"\d+") + "$")
 
 
 @dataclass
@@ -38,7 +51,7 @@ class SessionRunner:
 
     def __init__(self, *, db, bus, config, clock: Callable[[], float] = time.time,
                  env: Mapping[str, str] | None = None, adapter_factory=get_adapter,
-                 sandbox=None):
+                 sandbox=None, on_event: Callable[[str, object], None] | None = None):
         self.db = db
         self.bus = bus
         self.config = config
@@ -46,6 +59,7 @@ class SessionRunner:
         self.env = os.environ if env is None else env
         self.adapter_factory = adapter_factory
         self.sandbox = sandbox
+        self.on_event = on_event
         self.active: dict[int, proc.AgentProcess] = {}
 
     async def run(self, *, agent: str, request: AgentRequest, feature_id: int, track: str,
@@ -54,8 +68,8 @@ class SessionRunner:
         adapter = self.adapter_factory(agent, cfg)
         argv = adapter.argv(request)
         env = adapter.env(self.env, phase=request.phase)
-        if self.sandbox is not None:
-            argv = self.sandbox(argv, request.cwd)
+        if os.environ.get(OWNER_ENV):  # lets a restarted daemon find what a killed one left
+            env[OWNER_ENV] = os.environ[OWNER_ENV]
         sid = self.db.create_session(
             feature_id=feature_id, track=track, phase=request.phase, agent=agent, attempt=attempt,
             prompt=request.prompt, cwd=str(request.cwd), started_at=self.clock())
@@ -71,12 +85,19 @@ class SessionRunner:
         def emit(events) -> None:
             nonlocal stored, truncated
             for ev in events:
+                if ev.kind == "init" and ev.data.get("session_id"):
+                    # known at once, so a session killed mid-way can still be resumed
+                    self.db.update_session(sid, agent_session_id=ev.data["session_id"],
+                                           model=ev.data.get("model"))
+                if self.on_event is not None:
+                    self.on_event(agent, ev)
                 if ev.kind in ("text", "error", "raw", "result") and ev.text:
-                    tail.extend(ev.text.splitlines()[-TAIL_LINES:])
+                    tail.extend(_cut(line, TAIL_LINE_CHARS)
+                                for line in ev.text[-TAIL_CHARS:].splitlines()[-TAIL_LINES:])
                 if truncated:
                     continue
-                data = ev.to_dict()
-                size = len(ev.text) + len(str(data.get("data") or ""))
+                data = _cut_strings(ev.to_dict(), EVENT_TEXT_CHARS)
+                size = len(data.get("text") or "") + len(str(data.get("data") or ""))
                 if stored + size > cap:
                     truncated = True
                     data = {"kind": "notice", "text": f"output truncated: more than {cap} bytes; "
@@ -89,12 +110,15 @@ class SessionRunner:
             emit(parser.feed(line))
 
         def on_stderr(line: str) -> None:
-            stderr_tail.append(line)
+            stderr_tail.append(_cut(line, TAIL_LINE_CHARS))
             emit(parser.feed_stderr(line))
 
         try:
+            if self.sandbox is not None:
+                argv = self.sandbox(argv, request.cwd)
             child = await proc.AgentProcess.start(argv, cwd=request.cwd, env=env,
-                                                  on_stdout=on_stdout, on_stderr=on_stderr)
+                                                  on_stdout=on_stdout, on_stderr=on_stderr,
+                                                  max_line=MAX_LINE_BYTES)
         except AgentUnavailable as exc:
             self.db.update_session(sid, status=SessionStatus.FAILED.value, ended_at=self.clock(),
                                    error=exc.message, failure_category="unavailable",
@@ -145,6 +169,24 @@ class SessionRunner:
 
     async def stop_all(self, grace: float | None = None) -> None:
         grace = float(self.config["agent.killGraceSeconds"]) if grace is None else grace
-        for child in list(self.active.values()):
-            await child.terminate(grace=grace)
+        await asyncio.gather(*(child.terminate(grace=grace) for child in list(self.active.values())))
 
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with a note; a line the process reader already cut
+    keeps its note, which gives the size of the whole line."""
+    if len(text) <= limit:
+        return text
+    line_cut = _LINE_CUT.search(text[-80:])
+    return text[:limit] + (line_cut.group(0) if line_cut else CUT_MARKER.format(n=len(text)))
+
+
+def _cut_strings(value, limit: int):
+    """A copy of an event's dict with every string longer than `limit` cut and marked."""
+    if isinstance(value, str):
+        return _cut(value, limit)
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, limit) for v in value]
+    return value

@@ -181,8 +181,9 @@ class Adapter:
 
     def __init__(self, name: str, *, command: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
                  model: str | None = None, args: Sequence[str] = (), passthrough: Sequence[str] = (),
-                 default_model: str | None = None):
+                 default_model: str | None = None, project_root: Path | None = None):
         self.name = name
+        self.project_root = Path(project_root) if project_root is not None else None
         self.command = tuple(command) if command else self.default_binary
         self.extra_env = dict(env or {})
         self.model = model
@@ -228,3 +229,18 @@ class Adapter:
     def effective_model(self, req: AgentRequest) -> str | None:
         """The agent's own model (agents.<name>.model) wins; then the request's; then agent.model."""
         return self.model or req.model or self.default_model
+
+
+MAX_REPLY_CHARS = 256 * 1024
+
+
+def keep_reply_tail(parts: list[str], size: int, limit: int = MAX_REPLY_CHARS) -> int:
+    """Drop the oldest parts of a reply being collected until it holds at most `limit`
+    characters (the end of an answer is what matters: the verdict is there); returns its size.
+    An agent printing hundreds of megabytes of text cannot make a parser hold them."""
+    while size > limit and len(parts) > 1:
+        size -= len(parts.pop(0))
+    if size > limit:
+        parts[0] = parts[0][-limit:]
+        size = len(parts[0])
+    return size

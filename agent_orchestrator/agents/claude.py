@@ -5,6 +5,7 @@ from typing import Mapping
 
 from .base import (
     FULL_PERMISSION_PHASES, Adapter, AgentEvent, AgentRequest, OutputParser, RunOutcome, as_float, as_int, as_str,
+    keep_reply_tail,
 )
 
 SYNTHETIC_MODEL = "<synthetic>"
@@ -41,6 +42,7 @@ class ClaudeParser(OutputParser):
         self.resets_at: float | None = None
         self._reply_id: object = None
         self._reply: list[str] = []
+        self._reply_size = 0
 
     def _parse_object(self, obj: dict) -> list[AgentEvent]:
         kind = obj.get("type")
@@ -95,7 +97,9 @@ class ClaudeParser(OutputParser):
                     if message.get("id") != self._reply_id:
                         self._reply_id = message.get("id")
                         self._reply = []
+                        self._reply_size = 0
                     self._reply.append(text)
+                    self._reply_size = keep_reply_tail(self._reply, self._reply_size + len(text))
                 events.append(AgentEvent("text", text, dict(extra)))
             elif btype == "thinking":
                 events.append(AgentEvent("thinking", as_str(block.get("thinking")), dict(extra)))
