@@ -27,16 +27,19 @@ def get_adapter(name: str, config: Any) -> Adapter:
     definition = (config.agents or {}).get(name)
     passthrough = tuple(config["agent.envPassthrough"] or ())
     default_model = config["agent.model"]
+    project_root = getattr(config, "project_root", None)
     if definition is None:
         if name not in BUILTIN_ADAPTERS:
             raise ConfigError(
                 f"unknown agent {name!r}",
                 hint=f"use one of {', '.join(BUILTIN_AGENTS)} or define it under \"agents\" in "
                      "orchestrator.config.json")
-        return BUILTIN_ADAPTERS[name](name, default_model=default_model, passthrough=passthrough)
+        return BUILTIN_ADAPTERS[name](name, default_model=default_model, passthrough=passthrough,
+                                      project_root=project_root)
     kind = definition.kind or (name if name in BUILTIN_ADAPTERS else "command")
     common = {"command": definition.command, "env": dict(definition.env or {}), "model": definition.model,
-              "args": tuple(definition.args or ()), "passthrough": passthrough, "default_model": default_model}
+              "args": tuple(definition.args or ()), "passthrough": passthrough, "default_model": default_model,
+              "project_root": project_root}
     if kind == "command":
         return CommandAdapter(name, **common)
     if kind not in BUILTIN_ADAPTERS:

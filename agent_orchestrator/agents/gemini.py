@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Mapping, Sequence
 
-from .base import Adapter, AgentEvent, AgentRequest, OutputParser, RunOutcome, as_int, as_str
+from .. import git
+from ..errors import GitError
+from .base import (Adapter, AgentEvent, AgentRequest, OutputParser, RunOutcome, as_int, as_str,
+                   keep_reply_tail)
 
 # Exit codes of gemini in json/stream-json mode: API errors are the HTTP status mod 256.
 GEMINI_EXIT_CODES = {
@@ -13,6 +18,41 @@ GEMINI_EXIT_CODES = {
     53: "turn limit reached", 54: "tool error", 55: "folder is not trusted", 130: "interrupted (SIGINT)",
 }
 EXIT_CODE_HTTP_STATUS = {173: 429, 144: 400, 244: 500, 247: 503}
+
+# Gemini CLI runs every shell command with GIT_CONFIG_GLOBAL=/dev/null and GIT_CONFIG_SYSTEM=/dev/null
+# but keeps GIT_CONFIG_COUNT/KEY_n/VALUE_n from its own environment: the identity git would use
+# in the project has to reach its shell that way, or the agent's `git commit` fails.
+IDENTITY_KEYS = ("user.name", "user.email")
+
+
+def git_config_env(settings: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """GIT_CONFIG_COUNT / GIT_CONFIG_KEY_n / GIT_CONFIG_VALUE_n entries for `settings`, appended
+    after the entries `env` already has."""
+    if not settings:
+        return {}
+    try:
+        start = max(0, int(env.get("GIT_CONFIG_COUNT", "0")))
+    except ValueError:
+        start = 0
+    out = {}
+    for offset, (key, value) in enumerate(settings.items()):
+        out[f"GIT_CONFIG_KEY_{start + offset}"] = key
+        out[f"GIT_CONFIG_VALUE_{start + offset}"] = value
+    out["GIT_CONFIG_COUNT"] = str(start + len(settings))
+    return out
+
+
+def git_identity(repo: Path) -> dict[str, str]:
+    """user.name / user.email as git resolves them in `repo` (its own, global and system config)."""
+    identity = {}
+    for key in IDENTITY_KEYS:
+        try:
+            value = git.git(repo, "config", "--get", key, check=False, timeout=10).stdout.strip()
+        except GitError:
+            return {}
+        if value:
+            identity[key] = value
+    return identity
 
 
 class GeminiParser(OutputParser):
@@ -29,6 +69,7 @@ class GeminiParser(OutputParser):
         self.model: str | None = None
         self.result: dict | None = None
         self._reply: list[str] = []
+        self._reply_size = 0
         self._reply_open = False
 
     def _parse_object(self, obj: dict) -> list[AgentEvent]:
@@ -63,7 +104,9 @@ class GeminiParser(OutputParser):
         text = as_str(obj.get("content"))
         if not (obj.get("delta") and self._reply_open):
             self._reply = []
+            self._reply_size = 0
         self._reply.append(text)
+        self._reply_size = keep_reply_tail(self._reply, self._reply_size + len(text))
         self._reply_open = bool(obj.get("delta"))
         return [AgentEvent("text", text, {"delta": bool(obj.get("delta"))})]
 
@@ -120,3 +163,10 @@ class GeminiAdapter(Adapter):
 
     def parser(self) -> GeminiParser:
         return GeminiParser()
+
+    def env(self, base_env: Mapping[str, str], *, passthrough: Sequence[str] = (), phase: str = "implement",
+            euid: int | None = None) -> dict[str, str]:
+        env = super().env(base_env, passthrough=passthrough, phase=phase, euid=euid)
+        if self.project_root is not None:
+            env.update(git_config_env(git_identity(self.project_root), env))
+        return env

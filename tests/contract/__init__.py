@@ -1,0 +1,1 @@
+"""Contract tests against the genuine agent CLIs (a package, so its conftest does not shadow tests/conftest.py)."""
