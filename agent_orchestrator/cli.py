@@ -134,6 +134,7 @@ def cmd_start(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .notify import Notifier
     from .orchestrator import Orchestrator
     from .project import Project
     project = Project.open(project_root(args), command="run")
@@ -151,11 +152,15 @@ def cmd_run(args) -> int:
                              "tracks are defined in orchestrator.config.json")
         orch = Orchestrator(project)
         printer = EventPrinter(project.bus, as_json=args.json)
+        notifier = Notifier(project.bus, project.config,
+                            project_name=project.config["projectName"])
         printer.start()
+        notifier.start()
         try:
             summary, interrupted = _run_with_signals(orch, args.features, args.tracks)
         finally:
             printer.stop()
+            notifier.close()
         _print_summary(summary, as_json=args.json)
         if interrupted:
             return EXIT_INTERRUPTED
@@ -170,13 +175,12 @@ def _run_with_signals(orch, features, tracks) -> tuple[dict, bool]:
     interrupted = False
 
     async def main() -> dict:
-        nonlocal interrupted
         loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
             nonlocal interrupted
             if interrupted:  # second Ctrl-C: end the agents now and leave
-                kill_children_now(orch)
+                orch.kill_now()
                 os._exit(EXIT_INTERRUPTED)
             interrupted = True
             print("\nstopping: ending the agents and recording their work "
@@ -189,14 +193,6 @@ def _run_with_signals(orch, features, tracks) -> tuple[dict, bool]:
 
     summary = asyncio.run(main())
     return summary, interrupted
-
-
-def kill_children_now(orch) -> None:
-    for child in [*orch.sessions.active.values(), *orch._children]:
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def cmd_status(args) -> int:

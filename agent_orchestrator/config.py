@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -20,6 +21,10 @@ MAX_TRACKS = 32
 TRACK_COLORS = ("#3b82f6", "#10b981", "#f59e0b", "#ef4444", "#8b5cf6", "#ec4899", "#14b8a6", "#f97316")
 PATH_KEYS = ("featuresFile", "progressFile", "instructionsFile")
 MASK = "***"
+NOTIFY_EVENTS = ("feature.passed", "feature.failed", "track.paused", "budget.warning", "budget.reached",
+                 "rate_limit.waiting", "conflict.predicted", "run.finished")
+WEBHOOK_FIELDS = ("url", "events", "headers")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 ARGV_HINT = 'must be an argv list, e.g. ["npm", "test"] — shell strings are not run'
 _MISSING = object()
 
@@ -210,6 +215,13 @@ def _remote_check(v: str) -> str | None:
     return None
 
 
+def _notify_command_check(v: list[str]) -> str | None:
+    for arg in v:
+        if any(c in arg for c in "\r\n\0"):
+            return f"{show(arg)}: an argument must not contain line breaks or NUL"
+    return None
+
+
 def _relative_paths(v: list[str]) -> str | None:
     for p in v:
         if not p or p.startswith("/") or ".." in Path(p).parts:
@@ -249,6 +261,11 @@ SETTINGS: list[Setting] = [
     S("agent.network", "boolean", True, "Allow agents network access (only enforced with a sandbox)."),
     S("agent.model", "string?", None, "Model passed to every agent that has no model of its own (null: the CLI's default)."),
     S("agent.maxOutputBytes", "integer", 52428800, "Output kept per session; beyond it the output is truncated (the session goes on).", check=_at_least(1024)),
+    S("agent.maxConcurrent", "integer?", None, "Most sessions of one agent at a time (null: as many as there are tracks). Shrinks under rate-limit pressure, grows back after agent.pressureQuietSeconds.", check=_at_least(1)),
+    S("agent.pressureQuietSeconds", "number", 300, "Quiet period (no retries or rate-limit warnings) after which a shrunk agent concurrency grows back by one.", check=_at_least(0)),
+    S("budget.perFeatureUsd", "number?", None, "Cost limit of one feature (null: none). Reached: the feature stops after its current session and fails; Claude also gets --max-budget-usd with what is left.", check=_at_least(0)),
+    S("budget.totalUsd", "number?", None, "Cost limit of all sessions recorded in the project (null: none). Reached: every track pauses after its current session.", check=_at_least(0)),
+    S("budget.warnAt", "number", 0.8, "Fraction of a budget at which a warning notice is sent.", check=lambda v: None if 0 < v <= 1 else f"must be between 0 and 1, found {show(v)}"),
     S("verification.maxAttempts", "integer", 3, "Verification + fix cycles per feature.", check=_at_least(1)),
     S("verification.delayMs", "integer", 5000, "Wait after a merge before verifying (hot reload).", check=_at_least(0)),
     S("verification.disabled", "boolean", False, "Skip verification: features pass after a successful implementation and merge."),
@@ -260,6 +277,12 @@ SETTINGS: list[Setting] = [
     S("git.push", "string", "auto", "Push the base branch after a feature passes: auto (only if it has an upstream), always, never.", choices=("auto", "always", "never")),
     S("git.remote", "string", "origin", "Remote to push to.", check=_remote_check),
     S("git.deleteMergedBranches", "boolean", False, "Delete a feature branch after it passed."),
+    S("notify.webhooks", "webhooks", [], "Webhooks that receive a JSON POST on notable events: [{url, events, headers}]. `events` lists notification names (feature.passed, feature.failed, track.paused, budget.warning, budget.reached, rate_limit.waiting, conflict.predicted, run.finished) or \"*\" (the default); `headers` are sent with every request and masked in /api/config."),
+    S("notify.command", "argv?", None, "Command run on every notification (argv list), e.g. [\"notify-send\", \"{title}\", \"{message}\"]; {event}, {title} and {message} are replaced in each argument, and the notification's JSON is in the environment variable AO_EVENT.", check=_notify_command_check),
+    S("notify.timeoutSeconds", "number", 5, "Timeout of one webhook request and of one notify.command run.", check=_at_least(0.1)),
+    S("notify.retries", "integer", 3, "Retries of a webhook request that failed (connection error, timeout, HTTP 408/429/5xx), with a growing pause between them.", check=lambda v: None if 0 <= v <= 10 else f"must be between 0 and 10, found {show(v)}"),
+    S("conflicts.enabled", "boolean", True, "Predict merge conflicts between running feature branches and the base branch (and between each other) while tracks work, with `git merge-tree` (git 2.38 or newer)."),
+    S("conflicts.intervalSeconds", "number", 30, "Seconds between two conflict predictions.", check=_at_least(1)),
     S("criticalPatterns", "patterns", [], "Regexes (case-insensitive) that mark a failure as an environment problem: [{pattern, label}]."),
     S("agents", "agents", {}, "Agent definitions by name: {kind, command, env, model, args}. A builtin name (claude, codex, gemini) overrides that agent; another name defines a command agent."),
 ]
@@ -272,9 +295,9 @@ AGENT_FIELDS = ("kind", "command", "env", "model", "args")
 
 TYPE_NAMES = {
     "string": "string", "path": "string (path)", "string?": "string or null", "integer": "integer",
-    "number": "number", "boolean": "boolean", "strings": "list of strings", "argv?": "argv list or null",
+    "number": "number", "number?": "number or null", "integer?": "integer or null", "boolean": "boolean", "strings": "list of strings", "argv?": "argv list or null",
     "commands": "list of argv lists", "tracks": "list of tracks", "patterns": "list of {pattern, label}",
-    "agents": "object",
+    "agents": "object", "webhooks": "list of {url, events, headers}",
 }
 
 
@@ -447,6 +470,67 @@ def _parse_agents(ctx: _Ctx, key: str, value: Any) -> Any:
     return out if len(out) == len(value) else _MISSING
 
 
+def _parse_webhook(ctx: _Ctx, key: str, item: Any) -> dict | None:
+    if not isinstance(item, dict):
+        ctx.expected(key, "an object {\"url\": \"https://...\", \"events\": [...], \"headers\": {...}}", item)
+        return None
+    ctx.unknown_fields(key, item, WEBHOOK_FIELDS)
+    ok = True
+    url = item.get("url", _MISSING)
+    if url is _MISSING:
+        ctx.bad(f"{key}.url", "is missing — give the http(s) URL to POST to")
+        ok = False
+    elif not isinstance(url, str) or not _webhook_url_ok(url):
+        ctx.bad(f"{key}.url", f"expected an http(s) URL such as \"https://example.com/hook\", found {found(url)}")
+        ok = False
+    events = item.get("events", ["*"])
+    if isinstance(events, str):
+        events = [events]
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        ctx.expected(f"{key}.events", "a non-empty list of notification names (or [\"*\"])", item.get("events"))
+        ok = False
+    else:
+        for i, name in enumerate(events):
+            if name != "*" and name not in NOTIFY_EVENTS:
+                guess = difflib.get_close_matches(name, NOTIFY_EVENTS, n=1)
+                hint = f" — did you mean {guess[0]!r}?" if guess else f" — use \"*\" or one of {', '.join(NOTIFY_EVENTS)}"
+                ctx.bad(f"{key}.events[{i}]", f"{show(name)} is not a notification name{hint}")
+                ok = False
+    headers = item.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        ctx.expected(f"{key}.headers", "an object of string values {\"Authorization\": \"Bearer ...\"}", headers)
+        ok = False
+    else:
+        for name, v in headers.items():
+            if not _HEADER_NAME_RE.match(name):
+                ctx.bad(f"{key}.headers", f"{show(name)} is not a valid HTTP header name")
+                ok = False
+            elif any(c in v for c in "\r\n\0"):
+                ctx.bad(f"{key}.headers.{name}", "a header value must not contain line breaks")
+                ok = False
+    if not ok:
+        return None
+    return {"url": url, "events": list(dict.fromkeys(events)), "headers": dict(headers)}
+
+
+def _webhook_url_ok(url: str) -> bool:
+    if any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return False
+    return port_ok and parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _parse_webhooks(ctx: _Ctx, key: str, value: Any) -> Any:
+    if not isinstance(value, list):
+        return ctx.expected(key, "a list of webhooks [{\"url\": \"https://...\"}]", value)
+    hooks = [_parse_webhook(ctx, f"{key}[{i}]", item) for i, item in enumerate(value)]
+    return hooks if all(h is not None for h in hooks) else _MISSING
+
+
 def _parse_value(ctx: _Ctx, s: Setting, value: Any) -> Any:
     key, t = s.key, s.type
     if t in ("string", "path", "string?"):
@@ -456,12 +540,16 @@ def _parse_value(ctx: _Ctx, s: Setting, value: Any) -> Any:
             return ctx.expected(key, "a string or null" if t == "string?" else "a string", value)
         if t == "path" and (not value.strip() or "\0" in value):
             return ctx.bad(key, f"expected a file path relative to the project root, found {found(value)}")
-    elif t == "integer":
+    elif t in ("integer", "integer?"):
+        if value is None and t == "integer?":
+            return None
         if isinstance(value, bool) or not isinstance(value, int):
-            return ctx.expected(key, "an integer", value)
-    elif t == "number":
+            return ctx.expected(key, "an integer or null" if t == "integer?" else "an integer", value)
+    elif t in ("number", "number?"):
+        if value is None and t == "number?":
+            return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return ctx.expected(key, "a number", value)
+            return ctx.expected(key, "a number or null" if t == "number?" else "a number", value)
     elif t == "boolean":
         if not isinstance(value, bool):
             return ctx.expected(key, "true or false", value)
@@ -486,6 +574,8 @@ def _parse_value(ctx: _Ctx, s: Setting, value: Any) -> Any:
         return _parse_patterns(ctx, key, value)
     elif t == "agents":
         return _parse_agents(ctx, key, value)
+    elif t == "webhooks":
+        return _parse_webhooks(ctx, key, value)
     if value is _MISSING:
         return value
     if s.choices and value not in s.choices:
@@ -607,6 +697,15 @@ def _mask_argv(argv: list) -> list:
     return out
 
 
+def _mask_url(url: str) -> str:
+    """Webhook URLs (Slack, Discord, ...) carry their secret in the path or query: keep only
+    the scheme and host."""
+    match = re.match(r"([a-z][a-z0-9+.-]*://)(?:[^@/]*@)?([^/?#]*)(.*)", url, re.I)
+    if not match:
+        return MASK
+    return match.group(1) + match.group(2) + ("/" + MASK if match.group(3) not in ("", "/") else "")
+
+
 def mask_secrets(obj: Any) -> Any:
     """A copy with the values of secret-looking keys, `env` and `headers` objects and secret argv flags masked."""
     if isinstance(obj, list):
@@ -619,6 +718,8 @@ def mask_secrets(obj: Any) -> Any:
     for k, v in obj.items():
         if k in ("env", "headers") and isinstance(v, dict):
             out[k] = {name: MASK for name in v}
+        elif k == "url" and isinstance(v, str):
+            out[k] = _mask_url(v)
         elif looks_secret(k) and v not in (None, "", [], {}):
             out[k] = MASK
         else:

@@ -282,11 +282,12 @@ class Database:
         """Session count, cost and tokens overall and grouped by agent, track and feature."""
         clause, params = ("WHERE started_at >= ?", [since]) if since is not None else ("", [])
         sums = ("COUNT(*), TOTAL(cost_usd), COALESCE(SUM(input_tokens), 0),"
-                " COALESCE(SUM(output_tokens), 0)")
+                " COALESCE(SUM(output_tokens), 0), TOTAL(ended_at - started_at)")
 
         def shape(row: Sequence) -> dict:
             return {"sessions": int(row[0]), "cost_usd": round(float(row[1]), 6),
-                    "input_tokens": int(row[2]), "output_tokens": int(row[3])}
+                    "input_tokens": int(row[2]), "output_tokens": int(row[3]),
+                    "seconds": round(float(row[4]), 3)}
 
         result: dict[str, Any]
         with self._locked() as conn:
@@ -297,6 +298,16 @@ class Database:
                                     f" GROUP BY {column} ORDER BY {column}", params).fetchall()
                 result[key] = {r[0]: shape(tuple(r)[1:]) for r in rows}
         return result
+
+    def session_counts(self) -> dict[str, dict[str, int]]:
+        """{agent: {status: sessions}}."""
+        with self._locked() as conn:
+            rows = conn.execute("SELECT agent, status, COUNT(*) FROM sessions"
+                                " GROUP BY agent, status").fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for agent, status, n in rows:
+            counts.setdefault(agent, {})[status] = int(n)
+        return counts
 
     # events ---------------------------------------------------------------------------------
 

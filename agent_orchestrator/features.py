@@ -353,7 +353,7 @@ class FeatureStore:
         got = self._read()
         if got is None:
             raise FeaturesError(f"{self.path} not found",
-                                hint=f"Create it (e.g. {{\"features\": []}}) or set featuresFile in orchestrator.config.json.")
+                                hint="Create it (e.g. {\"features\": []}) or set featuresFile in orchestrator.config.json.")
         text, sig = got
         return parse_features(text, source=str(self.path)), sig
 

@@ -346,10 +346,20 @@ def abort_merge(repo: Path) -> None:
 def revert_merge(repo: Path, sha: str, message: str) -> bool:
     """Revert merge commit `sha` (mainline 1) with one commit. False (and nothing changed) when it
     conflicts or local changes are in the way."""
+    return _revert(repo, sha, message, ["-m", "1"], f"This reverts merge commit {sha}.")
+
+
+def revert_commit(repo: Path, sha: str, message: str) -> bool:
+    """Revert ordinary commit `sha` with one commit (used to re-apply a reverted feature). False
+    (and nothing changed) when it conflicts or local changes are in the way."""
+    return _revert(repo, sha, message, [], f"This reverts commit {sha}.")
+
+
+def _revert(repo: Path, sha: str, message: str, mainline: list[str], note: str) -> bool:
     check_ref(sha)
     if _sequencer_in_progress(repo) or not _index_clean(repo):
         return False
-    done = git(repo, "revert", "--no-commit", "-m", "1", sha, check=False, timeout=600)
+    done = git(repo, "revert", "--no-commit", *mainline, sha, check=False, timeout=600)
     in_revert = git(repo, "rev-parse", "-q", "--verify", "REVERT_HEAD", check=False).ok
     if not done.ok:
         if in_revert:
@@ -363,7 +373,7 @@ def revert_merge(repo: Path, sha: str, message: str) -> bool:
         if in_revert:
             git(repo, "revert", "--abort")
         return True
-    git(repo, *_identity_args(repo), "commit", "-q", "-m", f"{message}\n\nThis reverts merge commit {sha}.")
+    git(repo, *_identity_args(repo), "commit", "-q", "-m", f"{message}\n\n{note}")
     return True
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
+import signal
 import threading
 import time
 import traceback
@@ -12,11 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from . import docker, git, scheduler
+from . import docker, recovery, scheduler
 from .errors import FeaturesError, OrchestratorError
 from .pipeline import FeatureJob, Interrupted
 from .prompts import PromptSet
+from .concurrency import AgentSlots
+from .conflicts import ConflictWatcher
+from .pipeline import budget_level
 from .ratelimits import AgentLimits
+from .sandbox import sandbox_for
 from .sessions import SessionRunner
 from .states import can_transition
 from .worktrees import Worktrees
@@ -69,13 +75,24 @@ class Orchestrator:
                                   max_wait=cfg["agent.rateLimitMaxWaitMs"] / 1000.0, clock=clock)
         kwargs = {"adapter_factory": adapter_factory} if adapter_factory else {}
         self.sessions = SessionRunner(db=self.db, bus=self.bus, config=cfg, clock=clock,
-                                      env=env, **kwargs)
+                                      env=env, on_event=self._on_agent_event,
+                                      sandbox=sandbox_for(cfg, env=env), **kwargs)
+        self.slots = AgentSlots(
+            maximum=lambda agent: cfg["agent.maxConcurrent"] or len(self.tracks),
+            quiet_seconds=float(cfg["agent.pressureQuietSeconds"]), clock=clock,
+            on_change=self._concurrency_changed)
+        self.budget_announced: set = set()
+        self._announced: frozenset = frozenset()
+        self._jobs: dict[int, FeatureJob] = {}
+        self.rate_limit_waits = 0
+        self._stopping: asyncio.Future | None = None
         self.merge_lock = asyncio.Lock()
         self.state = "idle"
         self.started_at: float | None = None
         self._lock = threading.RLock()
         self._features: list | None = None
         self._status: dict[int, str] = {}
+        self._names: dict[int, str] = {}
         self._claimed: set[int] = set()
         self._retry_context: dict[int, dict] = {}
         self._selected: set[int] | None = None
@@ -123,6 +140,7 @@ class Orchestrator:
         self.recover()
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
+        self._stopping = None
         self.state = "running"
         self.started_at = self.clock()
         self._publish_status()
@@ -131,10 +149,21 @@ class Orchestrator:
                 continue
             self._wakeups[name] = asyncio.Event()
             self._tasks[name] = asyncio.ensure_future(self._track_loop(track))
+        if self.config["conflicts.enabled"]:
+            watcher = ConflictWatcher(self.root, self.config["baseBranch"], self.active_branches,
+                                      self.publish, float(self.config["conflicts.intervalSeconds"]))
+            self._tasks["(conflict watcher)"] = asyncio.ensure_future(watcher.run(self._stop))
 
     async def stop(self) -> None:
-        if self.state != "running":
-            return
+        """Stop taking work, stop the agents, record everything. Safe to call again while a stop
+        is under way: every caller returns once it is complete."""
+        if self._stopping is None:
+            if self.state != "running":
+                return
+            self._stopping = asyncio.ensure_future(self._stop_now())
+        await asyncio.shield(self._stopping)
+
+    async def _stop_now(self) -> None:
         self.state = "stopping"
         self._publish_status()
         self._stop.set()
@@ -161,14 +190,18 @@ class Orchestrator:
             wake.clear()
             feature = None if track.paused else self._claim_next(track)
             if feature is None:
-                if self._exit_when_idle and self._nothing_left():
-                    self._idle.set()
-                    return
+                if self._nothing_left():
+                    self._announce_finished()
+                    if self._exit_when_idle:
+                        self._idle.set()
+                        return
                 await self._wait(wake, POLL_SECONDS)
                 continue
             self._busy.add(track.name)
+            job = FeatureJob(self, feature, track)
+            self._jobs[feature.id] = job
             try:
-                outcome = await FeatureJob(self, feature, track).run()
+                outcome = await job.run()
                 self.outcomes[feature.id] = outcome
                 track.done += 1
             except Interrupted:
@@ -176,6 +209,7 @@ class Orchestrator:
             except Exception as exc:  # a bug or an unexpected git failure: report, keep the work
                 self._internal_error(feature, exc)
             finally:
+                self._jobs.pop(feature.id, None)
                 self._claimed.discard(feature.id)
                 self._busy.discard(track.name)
                 self._set_track(track, phase="paused" if track.paused else "idle", feature=None)
@@ -190,8 +224,27 @@ class Orchestrator:
             self.set_status(feature.id, "failed", failure_reason=f"orchestrator error: {detail}",
                             failure_category="environment")
             self.outcomes[feature.id] = "failed"
-        except Exception:
-            log.exception("could not record the failure of feature #%s", feature.id)
+        except Exception as store_exc:
+            # the features file cannot be written (read-only, disk full): running on would pick
+            # the same feature again and again; stop taking work and say why
+            why = store_exc.render() if isinstance(store_exc, OrchestratorError) else repr(store_exc)
+            for name, track in self.tracks.items():
+                if not track.paused:
+                    self.pause_track(name, f"cannot record feature statuses: {why}")
+
+    def active_branches(self) -> dict[int, str]:
+        """Branches of the features being worked on, for conflict prediction."""
+        return {fid: job.branch for fid, job in list(self._jobs.items())}
+
+    def _announce_finished(self) -> None:
+        """Once per drained queue: the `run` event (and its notification)."""
+        done = frozenset(self.outcomes.items())
+        if not done or done == self._announced:
+            return
+        self._announced = done
+        summary = self.summary()
+        self.publish("run", {"state": "finished", "passed": summary["passed"],
+                             "failed": summary["failed"], "blocked": summary["blocked"]})
 
     def _nothing_left(self) -> bool:
         if self._busy:
@@ -223,6 +276,7 @@ class Orchestrator:
                         raise
                 for f in self._features:
                     self._status[f.id] = f.status
+                    self._names[f.id] = f.name
                 self._apply_dependencies()
             return list(self._features)
 
@@ -252,6 +306,7 @@ class Orchestrator:
         """The one place a feature's status changes: checked against the state machine, written
         to features.json (merged with the user's edits) and published."""
         with self._lock:
+            name = self._names.get(feature_id)
             old = self._status.get(feature_id, "open")
             if not can_transition(old, status):
                 raise OrchestratorError(f"internal: feature #{feature_id} cannot go from {old} "
@@ -263,7 +318,7 @@ class Orchestrator:
                 self._status[feature_id] = status if "status" in written else old
             if _reload:
                 self._features = None
-        data = {"id": feature_id, **{k: v for k, v in fields.items()}}
+        data = {"id": feature_id, "name": name, **fields}
         if written and "status" not in written:
             data["status"] = old
             data["note"] = "status kept: it was changed in the file meanwhile"
@@ -307,6 +362,7 @@ class Orchestrator:
             track.phase = "paused"
         self.notice("warning", f"track {name} paused: {reason}")
         self.publish("track", track.public())
+        self._save_tracks()
 
     def resume_track(self, name: str) -> None:
         track = self._track(name)
@@ -316,7 +372,13 @@ class Orchestrator:
         if track.phase == "paused":
             track.phase = "idle"
         self.publish("track", track.public())
+        self._save_tracks()
         self.wake()
+
+    def _save_tracks(self) -> None:
+        """Kept for `status` after the process ended; every start begins with tracks running."""
+        self.db.set_state("tracks", {n: {"paused": t.paused, "paused_reason": t.paused_reason}
+                                     for n, t in self.tracks.items()})
 
     def _track(self, name: str) -> TrackState:
         if name not in self.tracks:
@@ -333,6 +395,40 @@ class Orchestrator:
         for event in self._wakeups.values():
             event.set()
 
+    # ================================================================ economics
+    def _on_agent_event(self, agent: str, event) -> None:
+        """Rate-limit pressure an agent reports while it works shrinks its concurrency."""
+        if event.kind == "retry":
+            status = event.data.get("status")
+            self.slots.pressure(agent, f"the CLI is retrying an API error ({status or 'error'})")
+        elif event.kind == "rate_limit" and event.data.get("status") in ("allowed_warning",
+                                                                         "rejected"):
+            self.slots.pressure(agent, f"rate limit {event.data.get('status')}")
+
+    def _concurrency_changed(self, agent: str, capacity: int, maximum: int, why: str) -> None:
+        self.notice("info", f"{agent}: at most {capacity} of {maximum} sessions at once ({why})")
+
+    def check_total_budget(self) -> None:
+        limit = self.config["budget.totalUsd"]
+        if limit is None:
+            return
+        spent = float(self.db.totals().get("cost_usd") or 0.0)
+        level = budget_level(spent, limit, self.config["budget.warnAt"])
+        if level and ("total", level) not in self.budget_announced:
+            self.budget_announced.add(("total", level))
+            self.publish("budget", {"scope": "total", "limit_usd": limit,
+                                    "spent_usd": round(spent, 6), "level": level})
+            if level == "warning":
+                self.notice("warning", f"${spent:.2f} of the ${limit:.2f} budget spent "
+                            "(budget.totalUsd)")
+        if level == "reached":
+            reason = (f"budget.totalUsd (${limit:.2f}) reached: ${spent:.2f} spent; raise it in "
+                      "orchestrator.config.json and resume the tracks")
+            for name, track in self.tracks.items():
+                if not track.paused:
+                    self.pause_track(name, reason)
+            raise Interrupted()
+
     # ================================================================ helpers for jobs
     async def pause_point(self, seconds: float) -> None:
         """Wait `seconds` (through the injectable sleep), or less if the run is stopped."""
@@ -345,6 +441,14 @@ class Orchestrator:
                 pass
         if self._stop.is_set():
             raise Interrupted()
+
+    def kill_now(self) -> None:
+        """SIGKILL every agent and check process group at once (a second Ctrl-C: no grace)."""
+        for child in [*self.sessions.active.values(), *self._children]:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def register_child(self, child) -> None:
         self._children.add(child)
@@ -391,30 +495,7 @@ class Orchestrator:
 
     # ================================================================ recovery
     def recover(self) -> None:
-        """Reconcile what a crash or kill left behind: sessions marked interrupted, features left
-        in progress queued again with the context of the interrupted attempt, stale worktree
-        entries pruned, uncommitted work committed to its branch."""
-        interrupted = self.db.mark_interrupted(self.clock())
-        by_feature = {s["feature_id"]: s for s in interrupted}
-        self.worktrees.prune()
-        for info in self.worktrees.list():
-            if info.path == self.root or not info.branch or not info.branch.startswith("feature/"):
-                continue
-            if git.merge_in_progress(info.path):
-                git.abort_merge(info.path)
-            git.commit_all(info.path, "orchestrator: commit work left by an interrupted session",
-                           exclude=self.protected_paths())
-        for feature in self.features():
-            if feature.status in ("in_progress", "verifying"):
-                session = by_feature.get(feature.id)
-                note = (f"The previous session ({session['phase']} with {session['agent']}) was "
-                        "interrupted before it finished; its work so far is committed on the "
-                        "branch. Continue from there.") if session else \
-                    "A previous run was interrupted while working on this feature."
-                self._retry_context[feature.id] = {"context": note}
-                self._status[feature.id] = feature.status
-                self.set_status(feature.id, "open")
-                self.notice("info", f"feature #{feature.id} was interrupted; queued again")
+        recovery.recover(self)
 
     # ================================================================ reporting
     def snapshot(self) -> dict:

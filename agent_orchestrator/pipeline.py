@@ -27,6 +27,22 @@ class Interrupted(Exception):
     """The feature must stop here and stay queued (daemon stopping, track paused)."""
 
 
+class BudgetExceeded(Exception):
+    """The feature's own budget is spent: it fails, its work stays on its branch."""
+
+
+def budget_level(spent: float, limit: float, warn_at: float) -> str | None:
+    if spent >= limit:
+        return "reached"
+    if spent >= limit * warn_at:
+        return "warning"
+    return None
+
+
+def _utc(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%H:%M:%S UTC")
+
+
 @dataclass
 class CheckResult:
     argv: list[str]
@@ -76,17 +92,17 @@ class FeatureJob:
         self.cost = float(feature.raw.get("cost_usd") or 0.0) if _is_number(
             feature.raw.get("cost_usd")) else 0.0
         self.retry_context = orch.take_retry_context(feature.id)
+        self.resume: dict | None = self.retry_context.get("resume")
+        self._last_wait: tuple | None = None
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
         f, o = self.feature, self.orch
         o.set_status(f.id, "in_progress", branch=self.branch, failure_reason=None,
                      failure_category=None)
-        self.worktree = await asyncio.to_thread(
-            o.worktrees.create, self.branch.replace("/", "-"), self.branch, self.base)
-        o.prepare_worktree(self.worktree)
+        await self.ensure_worktree()
         try:
-            if await self._commits_ahead() == 0 or self.retry_context.get("reimplement"):
+            if not await asyncio.to_thread(self._has_work) or self.retry_context.get("reimplement"):
                 if not await self.implement():
                     return self.feature_status()
             max_attempts = int(self.cfg["verification.maxAttempts"])
@@ -108,6 +124,25 @@ class FeatureJob:
         except Interrupted:
             await self.requeue("interrupted")
             return "open"
+        except BudgetExceeded as exc:
+            return await self.finish_failed("budget", str(exc))
+
+    async def ensure_worktree(self) -> None:
+        """Create the worktree, or recreate it from the branch when the user deleted it."""
+        if self.worktree is not None and self.worktree.exists():
+            return
+        # named by id: always a valid directory name, whatever branch features.json records
+        self.worktree = await asyncio.to_thread(
+            self.orch.worktrees.create, f"feature-{self.feature.id}", self.branch, self.base)
+        self.orch.prepare_worktree(self.worktree)
+
+    def _has_work(self) -> bool:
+        """The branch has the agent's work: commits not on the base branch yet, or merged (or
+        merged and reverted) before — an interrupted verification, a retry: implementing again
+        would redo it."""
+        if git.commits_ahead(self.orch.root, self.base, self.branch) > 0:
+            return True
+        return bool(self._applied() or self.orch.db.get_state(f"reverted:{self.feature.id}"))
 
     def feature_status(self) -> str:
         return self.orch.known_status(self.feature.id)
@@ -117,13 +152,14 @@ class FeatureJob:
         retries = 0
         previous = self.retry_context.get("previous") or ""
         while True:
+            await self.ensure_worktree()
             self.orch.set_phase(self.track, "implementing", self.feature)
             prompt = self.render("implement", previous_attempt=previous)
             result = await self.agent_session("implement", prompt, self.worktree)
             failure = result.failure
             if result.ok:
                 await self.commit_leftovers("implementation")
-                if await self._commits_ahead() > 0:
+                if await asyncio.to_thread(self._has_work):
                     self.track.env_strikes = 0
                     return True
                 failure = Failure("implementation",
@@ -141,6 +177,7 @@ class FeatureJob:
         retries = 0
         extra = ""
         while True:
+            await self.ensure_worktree()
             self.orch.set_status(self.feature.id, "in_progress")
             self.orch.set_phase(self.track, "fixing", self.feature)
             prompt = self.render("fix", verification_report=report.text, attempt=attempt,
@@ -162,6 +199,7 @@ class FeatureJob:
         o = self.orch
         conflicts_fixed = 0
         while True:
+            await self.ensure_worktree()
             o.set_phase(self.track, "merging", self.feature)
             async with o.merge_lock:
                 outcome = await asyncio.to_thread(self._merge_locked)
@@ -206,13 +244,39 @@ class FeatureJob:
                                exclude=o.protected_paths())
                 return MergeOutcome("conflict", into_feature.blocked_by_local_changes)
             return MergeOutcome("conflict", into_feature.conflicts or ["(unknown files)"])
+        if not self._reapply_reverted(checkout):
+            return MergeOutcome("conflict", ["(re-applying the reverted earlier attempt)"])
         into_base = git.merge(checkout, self.branch, no_ff=True,
                               message=f"Merge feature #{self.feature.id}: {self.feature.name}")
         if into_base.ok:
+            if into_base.sha and not into_base.up_to_date:
+                self._record_applied(into_base.sha, "merge")
             return MergeOutcome("merged", sha=into_base.sha)
         if into_base.blocked_by_local_changes:
             return MergeOutcome("blocked", into_base.blocked_by_local_changes)
         return MergeOutcome("conflict", into_base.conflicts or ["(unknown files)"])
+
+    # What this feature put on the base branch is recorded as it happens (state "applied:<id>"),
+    # so that a failure reverts exactly that, and a retry re-applies exactly what was reverted.
+    def _applied(self) -> list:
+        return self.orch.db.get_state(f"applied:{self.feature.id}") or []
+
+    def _record_applied(self, sha: str, kind: str) -> None:
+        self.orch.db.set_state(f"applied:{self.feature.id}", [*self._applied(), [sha, kind]])
+
+    def _reapply_reverted(self, checkout: Path) -> bool:
+        """A failed attempt was reverted on the base branch; merging the branch again would not
+        bring that back (git sees it as merged). Revert the reverts first, newest first."""
+        key = f"reverted:{self.feature.id}"
+        reverts = self.orch.db.get_state(key) or []
+        while reverts:
+            if not git.revert_commit(checkout, reverts[-1], f"Reapply feature #{self.feature.id}:"
+                                     f" {self.feature.name} (retry)"):
+                return False
+            self._record_applied(git.rev_parse(checkout, "HEAD"), "commit")
+            reverts.pop()
+            self.orch.db.set_state(key, reverts)
+        return True
 
     def _leave_no_merge_in_progress(self) -> None:
         if git.merge_in_progress(self.worktree):
@@ -310,6 +374,8 @@ class FeatureJob:
     # ------------------------------------------------------------------ endings
     async def finish_passed(self) -> str:
         o, f = self.orch, self.feature
+        o.db.set_state(f"applied:{f.id}", [])  # kept for good: nothing left to revert or resume
+        o.db.set_state(f"reverted:{f.id}", [])
         await asyncio.to_thread(self._push_if_configured)
         await self.cleanup(delete_branch=bool(self.cfg["git.deleteMergedBranches"]))
         o.set_status(f.id, "passed", attempts=self.attempts, cost_usd=round(self.cost, 6),
@@ -332,14 +398,23 @@ class FeatureJob:
         return "failed"
 
     def _revert_merges(self) -> bool | None:
-        checkout = self.orch.worktrees.integration_checkout(self.base, discard_changes=True)
-        merges = git.merge_commits_of(checkout, self.base, self.branch)
-        if not merges:
+        """Revert what this feature put on the base branch, newest first. None: nothing to do;
+        False: a revert conflicted (aborted, reported)."""
+        applied = self._applied()
+        if not applied:
             return None
-        for sha in merges:
-            if not git.revert_merge(checkout, sha, f"Revert feature #{self.feature.id}: "
-                                    f"{self.feature.name} (verification failed)"):
+        checkout = self.orch.worktrees.integration_checkout(self.base, discard_changes=True)
+        reverts = self.orch.db.get_state(f"reverted:{self.feature.id}") or []
+        message = f"Revert feature #{self.feature.id}: {self.feature.name} (verification failed)"
+        while applied:
+            sha, kind = applied[-1]
+            undo = git.revert_merge if kind == "merge" else git.revert_commit
+            if not undo(checkout, sha, message):
                 return False
+            reverts.append(git.rev_parse(checkout, "HEAD"))
+            applied.pop()
+            self.orch.db.set_state(f"reverted:{self.feature.id}", reverts)
+            self.orch.db.set_state(f"applied:{self.feature.id}", applied)
         return True
 
     def _push_if_configured(self) -> None:
@@ -387,62 +462,119 @@ class FeatureJob:
     async def agent_session(self, phase: str, prompt: str, cwd: Path) -> SessionResult:
         """Run one session with the first agent of the chain that is not rate-limited or
         unavailable; a rate limit moves on to the next agent or waits, and never counts as an
-        attempt."""
+        attempt. Budgets are checked before and after; a slot of the agent's concurrency is held
+        while it runs."""
         o, cfg, f = self.orch, self.cfg, self.feature
         chain = agent_chain(cfg["agent.preferred"], cfg["agent.fallbackAgents"], f.agent)
         while True:
             o.check_running(self.track)
+            self.check_budgets()
             agent, until = o.limits.pick(chain)
             if agent is None:
-                if until is None:
-                    reasons = "; ".join(f"{a}: {o.limits.snapshot()['unavailable'].get(a, '?')}"
-                                        for a in chain)
-                    o.pause_track(self.track.name, f"no agent available ({reasons})")
-                    raise Interrupted()
-                o.set_phase(self.track, "waiting", f)
-                when = dt.datetime.fromtimestamp(until, dt.timezone.utc).strftime("%H:%M:%S UTC")
-                o.notice("warning", f"all agents ({', '.join(chain)}) are rate-limited; "
-                         f"track {self.track.name} waits until {when}", key=f"wait-{until}")
-                await o.pause_point(max(0.0, until - o.clock()))
+                await self.wait_for_agents(chain, until)
                 continue
-            if phase in ("implement", "fix", "conflict"):
-                o.set_phase(self.track, {"implement": "implementing"}.get(phase, "fixing"), f)
-            if phase != "verify":
-                self.attempts += 1
-            request = AgentRequest(
-                phase=phase, prompt=prompt, cwd=Path(cwd),
-                max_turns=int(cfg["agent.maxTurnsVerification" if phase == "verify"
-                                  else "agent.maxTurnsImplementation"]),
-                allowed_tools=cfg["agent.allowedToolsVerification"] if phase == "verify" else None,
-                model=cfg["agent.model"], resume_session_id=None,
-                prompt_file=o.write_prompt_file(f.id, phase, prompt), max_budget_usd=None)
-            self.track.agent = agent
-            result = await o.sessions.run(agent=agent, request=request, feature_id=f.id,
-                                          track=self.track.name, attempt=self.attempts)
-            self.track.session_id = None
-            self.sessions += 1
-            if result.outcome and result.outcome.cost_usd:
-                self.cost += result.outcome.cost_usd
+            if not o.slots.available(agent):
+                o.set_phase(self.track, "waiting", f)
+            await o.slots.acquire(agent)
+            try:
+                result = await self._run_session(agent, phase, prompt, cwd)
+            finally:
+                o.slots.release(agent)
             if result.exit_reason == "stopped":
                 raise Interrupted()
             if result.unavailable:
                 if phase != "verify":
                     self.attempts -= 1
-                if o.limits.mark_unavailable(agent, result.tail[-1] if result.tail else "missing"):
-                    o.notice("error", f"agent '{agent}' is unavailable: "
-                             f"{result.tail[-1] if result.tail else 'not found'}; skipping it")
+                reason = result.tail[-1] if result.tail else "not found"
+                if o.limits.mark_unavailable(agent, reason):
+                    o.notice("error", f"agent '{agent}' is unavailable: {reason}; skipping it")
                 continue
             if result.failure and result.failure.category == "rate_limit":
                 if phase != "verify":
                     self.attempts -= 1
+                if result.outcome and result.outcome.session_id:
+                    self.resume = {"agent": agent, "phase": phase,
+                                   "session_id": result.outcome.session_id}
+                o.slots.pressure(agent, f"rate limit: {result.failure.reason}")
                 until = o.limits.mark_limited(agent, resets_at=result.failure.resets_at,
                                               reason=result.failure.reason)
-                when = dt.datetime.fromtimestamp(until, dt.timezone.utc).strftime("%H:%M:%S UTC")
+                o.publish("rate_limit", {"agent": agent, "until": until, "waiting": False,
+                                         "reason": result.failure.reason,
+                                         "track": self.track.name})
                 o.notice("warning", f"{agent} is rate-limited ({result.failure.reason}); "
-                         f"not used until {when}")
+                         f"not used until {_utc(until)}")
                 continue
             o.limits.clear(agent)
+            self.check_budgets()
             return result
+
+    async def _run_session(self, agent: str, phase: str, prompt: str, cwd: Path) -> SessionResult:
+        o, cfg, f = self.orch, self.cfg, self.feature
+        if phase in ("implement", "fix", "conflict"):
+            o.set_phase(self.track, {"implement": "implementing"}.get(phase, "fixing"), f)
+        if phase != "verify":
+            self.attempts += 1
+        resume = None
+        if self.resume and self.resume["agent"] == agent and self.resume["phase"] == phase \
+                and o.sessions.adapter_factory(agent, cfg).supports_resume:
+            resume, self.resume = self.resume["session_id"], None
+        per_feature = cfg["budget.perFeatureUsd"]
+        request = AgentRequest(
+            phase=phase, prompt=prompt, cwd=Path(cwd),
+            max_turns=int(cfg["agent.maxTurnsVerification" if phase == "verify"
+                              else "agent.maxTurnsImplementation"]),
+            allowed_tools=cfg["agent.allowedToolsVerification"] if phase == "verify" else None,
+            model=cfg["agent.model"], resume_session_id=resume,
+            prompt_file=o.write_prompt_file(f.id, phase, prompt),
+            max_budget_usd=round(max(per_feature - self.cost, 0.01), 4)
+            if per_feature is not None else None)
+        self.track.agent = agent
+        result = await o.sessions.run(agent=agent, request=request, feature_id=f.id,
+                                      track=self.track.name, attempt=self.attempts)
+        self.track.session_id = None
+        self.sessions += 1
+        if result.outcome and result.outcome.cost_usd:
+            self.cost += result.outcome.cost_usd
+        return result
+
+    async def wait_for_agents(self, chain: list[str], until: float | None) -> None:
+        o = self.orch
+        if until is None:
+            reasons = "; ".join(f"{a}: {o.limits.snapshot()['unavailable'].get(a, '?')}"
+                                for a in chain)
+            o.pause_track(self.track.name, f"no agent available ({reasons})")
+            raise Interrupted()
+        o.set_phase(self.track, "waiting", self.feature)
+        if ("wait", until) != self._last_wait:
+            self._last_wait = ("wait", until)
+            o.rate_limit_waits += 1
+            o.publish("rate_limit", {"agent": chain[0], "agents": chain, "until": until,
+                                     "waiting": True, "track": self.track.name,
+                                     "reason": "every agent of the chain is rate-limited"})
+            o.notice("warning", f"all agents ({', '.join(chain)}) are rate-limited; track "
+                     f"{self.track.name} waits until {_utc(until)}")
+        await o.pause_point(max(0.0, until - o.clock()))
+
+    def check_budgets(self) -> None:
+        """Total budget reached: every track pauses, this feature goes back to the queue.
+        Feature budget reached: the feature fails (BudgetExceeded)."""
+        o, cfg = self.orch, self.cfg
+        o.check_total_budget()
+        limit = cfg["budget.perFeatureUsd"]
+        if limit is None:
+            return
+        level = budget_level(self.cost, limit, cfg["budget.warnAt"])
+        if level and (self.feature.id, level) not in o.budget_announced:
+            o.budget_announced.add((self.feature.id, level))
+            o.publish("budget", {"scope": "feature", "feature_id": self.feature.id,
+                                 "limit_usd": limit, "spent_usd": round(self.cost, 6),
+                                 "level": level})
+            o.notice("warning" if level == "warning" else "error",
+                     f"feature #{self.feature.id} has spent ${self.cost:.2f} of its "
+                     f"${limit:.2f} budget (budget.perFeatureUsd)")
+        if level == "reached":
+            raise BudgetExceeded(f"budget.perFeatureUsd (${limit:.2f}) reached: "
+                                 f"${self.cost:.2f} spent")
 
     async def handle_failure(self, failure: Failure, result: SessionResult) -> bool:
         """False when the feature must stop here (track paused: feature back to open)."""
@@ -508,8 +640,6 @@ class FeatureJob:
         git.commit_all(self.worktree, f"orchestrator: commit changes left by the agent ({why})",
                        exclude=self.orch.protected_paths())
 
-    async def _commits_ahead(self) -> int:
-        return await asyncio.to_thread(git.commits_ahead, self.orch.root, self.base, self.branch)
 
 
 def _is_number(value) -> bool:

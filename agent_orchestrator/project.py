@@ -12,7 +12,7 @@ from .config import Config, load_config
 from .db import Database
 from .errors import AlreadyRunning, ConfigError, FeaturesError
 from .events import EventBus
-from .features import FeatureStore, check_references
+from .features import FeatureStore, atomic_write_text, check_references
 
 STATE_DIR = ".orchestrator"
 
@@ -78,9 +78,6 @@ class Project:
             release_lock(self._lock_fd, self.state_dir)
             self._lock_fd = None
 
-    def set_owner_url(self, url: str) -> None:
-        write_owner(self.state_dir, {"pid": os.getpid(), "command": "start", "url": url})
-
 
 def owner_info(state_dir: Path) -> dict:
     try:
@@ -89,10 +86,11 @@ def owner_info(state_dir: Path) -> dict:
         return {}
 
 
-def write_owner(state_dir: Path, info: dict) -> None:
-    tmp = state_dir / "daemon.json.tmp"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, state_dir / "daemon.json")
+def write_owner(state_dir: Path, info: dict) -> Path:
+    """`.orchestrator/daemon.json`: who holds the project's lock (pid, command, url)."""
+    path = state_dir / "daemon.json"
+    atomic_write_text(path, json.dumps(info, indent=2) + "\n", mode=0o600)
+    return path
 
 
 def acquire_lock(state_dir: Path, command: str) -> int:

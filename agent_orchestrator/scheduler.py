@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from .conflicts import blocked_by_touches
+
 DONE_BAD = ("failed", "blocked")
 
 
@@ -47,15 +49,18 @@ def failed_dependency(feature, by_id: dict) -> int | None:
 def next_feature(features: Iterable, track: str, tracks: Sequence[TrackRule], *, claimed: set[int],
                  selected: set[int] | None = None):
     """The open feature this track should run now: highest priority, then lowest id, whose
-    dependencies have all passed and that no other track holds."""
+    dependencies have all passed, that no other track holds, and whose `touches` do not overlap
+    a running feature's."""
     feats = list(features)
     by_id = {f.id: f for f in feats}
+    running = [by_id[i] for i in claimed if i in by_id]
     candidates = [
         f for f in feats
         if f.status == "open" and f.id not in claimed
         and (selected is None or f.id in selected)
         and route(f, tracks) == track
         and not waiting_on(f, by_id)
+        and blocked_by_touches(f, running) is None
     ]
     return min(candidates, key=order_key) if candidates else None
 

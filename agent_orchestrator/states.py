@@ -49,6 +49,7 @@ class FailureCategory(str, Enum):
     VERIFICATION = "verification"
     UNAVAILABLE = "unavailable"
     CONFLICT = "conflict"
+    BUDGET = "budget"
 
 
 FEATURE_STATUSES = tuple(s.value for s in FeatureStatus)

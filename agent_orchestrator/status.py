@@ -31,7 +31,7 @@ def collect_status(root: Path) -> dict:
                                  "branch": f.raw.get("branch")})
     owner = owner_info(state_dir)
     if owner.get("url"):
-        live = _ask_daemon(owner["url"])
+        live = _ask_daemon(owner["url"], state_dir / "token")
         info["daemon"] = {"url": owner["url"], "pid": owner.get("pid"),
                           "answering": live is not None}
         if live:
@@ -39,6 +39,7 @@ def collect_status(root: Path) -> dict:
             info["state"] = live.get("state")
     elif owner.get("pid"):
         info["daemon"] = {"url": None, "pid": owner.get("pid"), "command": owner.get("command")}
+    saved_tracks: dict = {}
     db_path = state_dir / "orchestrator.db"
     if db_path.exists():
         db = Database(db_path)
@@ -47,18 +48,27 @@ def collect_status(root: Path) -> dict:
             _, total = db.list_sessions(limit=1)
             info["sessions"] = {"total": total, "running": db.running_sessions()}
             info["cost_usd"] = totals.get("cost_usd") or 0.0
+            info["by_agent"] = totals.get("by_agent") or {}
+            info["by_track"] = totals.get("by_track") or {}
+            saved_tracks = db.get_state("tracks", {}) or {}
             info["tokens"] = {"input": totals.get("input_tokens") or 0,
                               "output": totals.get("output_tokens") or 0}
         finally:
             db.close()
     if not info["tracks"]:
-        info["tracks"] = [{"name": t.name, "phase": None} for t in config.tracks]
+        info["tracks"] = [{"name": t.name, "phase": None, **saved_tracks.get(t.name, {})}
+                          for t in config.tracks]
     return info
 
 
-def _ask_daemon(url: str) -> dict | None:
+def _ask_daemon(url: str, token_file: Path) -> dict | None:
+    request = urllib.request.Request(url.rstrip("/") + "/api/status")
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/api/status", timeout=2) as resp:
+        request.add_header("Authorization", f"Bearer {token_file.read_text().strip()}")
+    except OSError:
+        pass  # a loopback daemon answers without it
+    try:
+        with urllib.request.urlopen(request, timeout=2) as resp:
             return json.loads(resp.read())
     except (OSError, ValueError):
         return None
@@ -99,4 +109,11 @@ def render_status(info: dict) -> str:
     tokens = info.get("tokens") or {}
     lines.append(f"cost: ${float(info['cost_usd'] or 0):.4f}; tokens: "
                  f"{tokens.get('input', 0):,} in / {tokens.get('output', 0):,} out")
+    for group in ("by_agent", "by_track"):
+        for name, row in sorted((info.get(group) or {}).items()):
+            lines.append(f"  {group[3:]} {name}: {row.get('sessions', 0)} sessions, "
+                         f"${float(row.get('cost_usd') or 0):.4f}, "
+                         f"{int(row.get('input_tokens') or 0):,} in / "
+                         f"{int(row.get('output_tokens') or 0):,} out, "
+                         f"{float(row.get('seconds') or 0):.0f} s")
     return "\n".join(lines)

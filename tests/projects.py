@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,25 @@ def load_features(repo: Path) -> dict[int, dict]:
     doc = json.loads((repo / "features.json").read_text())
     items = doc["features"] if isinstance(doc, dict) else doc
     return {f["id"]: f for f in items}
+
+
+def fake_rules(tmp_path: Path, *rules: dict) -> dict:
+    """Environment choosing the fake agents' scenarios by rules (see tests/fakes/README.md)."""
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(list(rules)))
+    return {"FAKE_AGENT_SCENARIO": str(path), "FAKE_AGENT_STATE_DIR": str(tmp_path / "fake-state")}
+
+
+def session_rows(repo: Path) -> list[dict]:
+    """Every recorded session, oldest first, with the number of its output events."""
+    con = sqlite3.connect(repo / ".orchestrator" / "orchestrator.db")
+    con.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in con.execute("SELECT * FROM sessions ORDER BY id")]
+        for row in rows:
+            row["events"] = con.execute(
+                "SELECT count(*) FROM events WHERE session_id = ? AND type = 'output'",
+                (row["id"],)).fetchone()[0]
+        return rows
+    finally:
+        con.close()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agent_orchestrator import __version__
-from projects import feature, git, make_project, run_cli
+from projects import feature, make_project, run_cli
 
 
 def test_help_and_version():

@@ -192,18 +192,20 @@ def test_latest_session_by_feature(db):
 
 
 def test_totals_grouping_and_since(db):
-    def done(sid, cost, tin, tout):
-        db.update_session(sid, status="succeeded", cost_usd=cost, input_tokens=tin, output_tokens=tout)
+    def done(sid, cost, tin, tout, ended):
+        db.update_session(sid, status="succeeded", cost_usd=cost, input_tokens=tin, output_tokens=tout,
+                          ended_at=ended)
 
-    done(new_session(db, feature_id=1, agent="claude", track="core", started_at=10), 0.10, 100, 10)
-    done(new_session(db, feature_id=1, agent="codex", track="core", started_at=20), 0.20, 200, 20)
-    done(new_session(db, feature_id=2, agent="claude", track="ui", started_at=30), 0.30, 300, 30)
+    done(new_session(db, feature_id=1, agent="claude", track="core", started_at=10), 0.10, 100, 10, 15)
+    done(new_session(db, feature_id=1, agent="codex", track="core", started_at=20), 0.20, 200, 20, 27.5)
+    done(new_session(db, feature_id=2, agent="claude", track="ui", started_at=30), 0.30, 300, 30, 31)
     new_session(db, feature_id=3, agent="gemini", track="ui", started_at=40)   # no cost yet
     t = db.totals()
     assert t["sessions"] == 4 and t["cost_usd"] == pytest.approx(0.6)
     assert t["input_tokens"] == 600 and t["output_tokens"] == 60
     assert t["by_agent"]["claude"] == {"sessions": 2, "cost_usd": pytest.approx(0.4),
-                                       "input_tokens": 400, "output_tokens": 40}
+                                       "input_tokens": 400, "output_tokens": 40, "seconds": 6.0}
+    assert t["by_agent"]["codex"]["seconds"] == 7.5  # agents reporting no cost: tokens and time
     assert t["by_agent"]["gemini"]["cost_usd"] == 0
     assert t["by_track"]["core"]["cost_usd"] == pytest.approx(0.3)
     assert t["by_feature"][1]["sessions"] == 2 and t["by_feature"][2]["input_tokens"] == 300
@@ -211,7 +213,7 @@ def test_totals_grouping_and_since(db):
     recent = db.totals(since=25)
     assert recent["sessions"] == 2 and set(recent["by_feature"]) == {2, 3}
     assert db.totals(since=1000) == {"sessions": 0, "cost_usd": 0, "input_tokens": 0,
-                                     "output_tokens": 0, "by_agent": {}, "by_track": {},
+                                     "output_tokens": 0, "seconds": 0, "by_agent": {}, "by_track": {},
                                      "by_feature": {}}
 
 
@@ -279,3 +281,13 @@ def test_thread_safe_writes(db):
         t.join()
     assert db.totals()["sessions"] == 150
     assert db.list_sessions(status="succeeded")[1] == 150
+
+
+def test_session_counts_by_agent_and_status(db):
+    done = new_session(db, feature_id=1, agent="claude")
+    db.update_session(done, status="succeeded")
+    new_session(db, feature_id=2, agent="claude")
+    failed = new_session(db, feature_id=3, agent="codex")
+    db.update_session(failed, status="failed")
+    assert db.session_counts() == {"claude": {"succeeded": 1, "running": 1},
+                                   "codex": {"failed": 1}}

@@ -75,7 +75,22 @@ def _json_blocks():
 @pytest.mark.parametrize("block", _json_blocks())
 def test_json_examples_are_valid(block, tmp_path):
     data = json.loads(block)
-    if isinstance(data, list) or "features" in data:
+    if isinstance(data, dict) and "id" in data and "name" in data:  # one feature
+        parse_features(json.dumps([data]), source="README example")
+    elif isinstance(data, list) or "features" in data:
         parse_features(block, source="README example")
     else:
         parse_config(data, source="README example", project_root=tmp_path)
+
+
+def test_every_http_route_is_documented():
+    from agent_orchestrator.server import ROUTES
+    missing = []
+    for route in ROUTES:
+        path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", route.pattern.pattern.strip("^$"))
+        for method in route.methods:
+            if path.startswith("/static/") or path in ("/", "/index.html"):
+                continue
+            if f"{method} {path}" not in README and f"`{path}`" not in README:
+                missing.append(f"{method} {path}")
+    assert not missing, f"routes missing from README: {missing}"

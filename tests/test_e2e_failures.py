@@ -3,28 +3,19 @@ waiting for a parsed rate-limit reset (through the clock seam, without real slee
 from __future__ import annotations
 
 import asyncio
-import json
-import sqlite3
 
-from projects import feature, git, load_features, make_project, run_cli
+from projects import fake_rules as rules, feature, git, load_features, make_project, run_cli, session_rows
+
+
+def session_phases(repo):
+    return [(r["feature_id"], r["phase"], r["status"]) for r in session_rows(repo)]
 
 TWO_TRACKS = [{"name": "a", "categories": ["a"], "isDefault": True},
               {"name": "b", "categories": ["b"]}]
 
 
-def rules(tmp_path, *items) -> dict:
-    path = tmp_path / "rules.json"
-    path.write_text(json.dumps(list(items)))
-    return {"FAKE_AGENT_SCENARIO": str(path), "FAKE_AGENT_STATE_DIR": str(tmp_path / "state")}
 
 
-def session_phases(repo):
-    con = sqlite3.connect(repo / ".orchestrator" / "orchestrator.db")
-    try:
-        return [tuple(r) for r in con.execute(
-            "SELECT feature_id, phase, status FROM sessions ORDER BY id")]
-    finally:
-        con.close()
 
 
 def no_merge_in_progress(repo):

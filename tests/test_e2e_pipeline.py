@@ -3,14 +3,14 @@ agent CLIs; everything checked in git, features.json, the progress file and the 
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
 
-from projects import feature, git, load_features, make_project, run_cli, FAKES_DIR, REPO_ROOT
+from projects import (FAKES_DIR, REPO_ROOT, feature, git, load_features, make_project, run_cli,
+                      session_rows as sessions)
 
 THREE_TRACKS = [
     {"name": "core", "categories": ["core"], "isDefault": True},
@@ -19,18 +19,6 @@ THREE_TRACKS = [
 ]
 
 
-def sessions(repo):
-    con = sqlite3.connect(repo / ".orchestrator" / "orchestrator.db")
-    con.row_factory = sqlite3.Row
-    try:
-        rows = [dict(r) for r in con.execute("SELECT * FROM sessions ORDER BY id")]
-        for row in rows:
-            row["events"] = con.execute(
-                "SELECT count(*) FROM events WHERE session_id = ? AND type = 'output'",
-                (row["id"],)).fetchone()[0]
-        return rows
-    finally:
-        con.close()
 
 
 def test_six_features_three_tracks_all_merged(git_repo):

@@ -2,31 +2,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-import subprocess
 
 import pytest
 
-from projects import feature, git, load_features, make_project, run_cli
+from projects import fake_rules as rules, feature, git, load_features, make_project, run_cli, session_rows
 
 VERIFY_ON = {"disabled": False, "delayMs": 0, "maxAttempts": 3}
 
 
-def rules(tmp_path, *items) -> dict:
-    path = tmp_path / "rules.json"
-    path.write_text(json.dumps(list(items)))
-    state = tmp_path / "fake-state"
-    state.mkdir(exist_ok=True)
-    return {"FAKE_AGENT_SCENARIO": str(path), "FAKE_AGENT_STATE_DIR": str(state)}
 
 
-def session_rows(repo):
-    con = sqlite3.connect(repo / ".orchestrator" / "orchestrator.db")
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM sessions ORDER BY id")]
-    finally:
-        con.close()
 
 
 def phases(repo):
@@ -174,3 +159,24 @@ def test_server_command_that_dies_fails_the_verification(git_repo, python_exe):
     assert result.returncode == 1
     reason = load_features(repo)[1]["failure_reason"]
     assert "exited with 4 before answering" in reason and "boom: no database" in reason
+
+
+def test_retry_of_a_reverted_feature_brings_its_work_back(git_repo, tmp_path):
+    repo = make_project(git_repo, [feature(1)], verification={**VERIFY_ON, "maxAttempts": 1})
+    env = rules(tmp_path, {"match": "^# Verify", "scenario": "verdict_fail", "times": 1},
+                {"match": "^# Verify", "scenario": "verdict_pass"})
+    assert run_cli("run", "--project", str(repo), env=env).returncode == 1
+    assert "feature-1.txt" not in git(repo, "ls-tree", "-r", "--name-only", "ai-develop")
+    # the user retries it by setting the status back to open
+    doc = json.loads((repo / "features.json").read_text())
+    doc["features"][0]["status"] = "open"
+    (repo / "features.json").write_text(json.dumps(doc, indent=2))
+    result = run_cli("run", "--project", str(repo), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert load_features(repo)[1]["status"] == "passed"
+    assert "feature-1.txt" in git(repo, "ls-tree", "-r", "--name-only", "ai-develop")
+    subjects = git(repo, "log", "--first-parent", "--format=%s", "ai-develop").splitlines()
+    assert subjects[0].startswith("Reapply feature #1:") or subjects[1].startswith(
+        "Reapply feature #1:"), subjects
+    # no implementation again: the retry verified the kept work
+    assert [p for p, _, _ in phases(repo)].count("implement") == 1

@@ -57,3 +57,15 @@ def test_failed_dependency_blocks_and_passing_unblocks():
     assert scheduler.blocking_changes(feats) == [(3, "blocked", "dependency #2 (x) blocked")]
     feats[0].status = "open"
     assert (2, "open", None) in scheduler.blocking_changes(feats)
+
+
+def test_overlapping_touches_do_not_run_at_the_same_time():
+    a = F(1, category="frontend")
+    a.touches = ["src/cart/*"]
+    b = F(2)
+    b.touches = ["src/cart/total.py"]
+    c = F(3)
+    c.touches = ["docs/**"]
+    feats = [a, b, c]
+    assert scheduler.next_feature(feats, "core", TRACKS, claimed={1}).id == 3
+    assert scheduler.next_feature(feats, "core", TRACKS, claimed=set()).id == 2

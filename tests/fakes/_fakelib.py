@@ -22,7 +22,7 @@ WORK = ("implement", "fix", "resolve")
 VERDICTS = ("verdict_pass", "verdict_fail", "verdict_fail_step2", "verdict_in_tool_output", "no_verdict")
 SCENARIOS = (
     "default", *WORK, "leftover", "no_commit", "crash", "hang", "hang_ignore_term", "flood", "nonjson",
-    "ratelimit", "usage_limit", "overloaded", "max_turns", "quota", *VERDICTS,
+    "ratelimit", "usage_limit", "overloaded", "max_turns", "quota", "retry_then_implement", *VERDICTS,
 )
 RECORDED = {
     ("claude", "ratelimit"): "claude-ratelimit",
@@ -616,8 +616,11 @@ def execute(run: Run, r) -> int:
     if scenario in ("ratelimit", "overloaded", "max_turns", "quota", "usage_limit"):
         return r.special(scenario)
     run.out.noise = scenario == "nonjson"
-    steps = plan(run, scenario)
+    retrying = scenario == "retry_then_implement"
+    steps = plan(run, effective_work(run) if retrying else scenario)
     r.begin()
+    if retrying:
+        r.retry()
     for step in steps[:-1]:
         if isinstance(step, Text):
             r.text(step.text)
