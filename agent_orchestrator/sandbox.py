@@ -75,6 +75,13 @@ def bwrap_argv(command: Sequence[str], *, bwrap: str, cwd: Path, writable: Seque
     return argv
 
 
+def _program_dirs(program: str) -> list[Path]:
+    """The agent's own program (and what it links to) stays runnable when it lives under /tmp,
+    which the sandbox replaces with a private one (a CI checkout, an unpacked tool)."""
+    dirs = {Path(program).parent, Path(os.path.realpath(program)).parent}
+    return sorted(d for d in dirs if d == Path("/tmp") or Path("/tmp") in d.parents)
+
+
 def _unique(paths: Sequence[Path]) -> list[Path]:
     return list(dict.fromkeys(Path(p) for p in paths))
 
@@ -104,7 +111,8 @@ class BwrapSandbox:
         checkout = Path(self.worktree or cwd)
         return bwrap_argv(
             command, bwrap=self.bwrap, cwd=Path(cwd),
-            readable=[p for p in (self.home, self.project_root) if p and p.exists()],
+            readable=[p for p in (self.home, self.project_root) if p and p.exists()]
+            + _program_dirs(command[0]),
             hidden_dirs=self._existing(SECRET_DIRS, dirs=True),
             hidden_files=self._existing(SECRET_FILES, dirs=False) + self._docker_sockets(),
             writable=[checkout, self.git_common_dir, *self._shared(), *self._agent_state()],

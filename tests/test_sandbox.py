@@ -336,3 +336,30 @@ def test_docker_socket_is_hidden_unless_the_project_uses_docker(tmp_path, monkey
         server.close()
         sock_path.unlink()
     assert ("connected" in done.stdout) is docker, done.stderr
+
+
+def test_an_agent_program_under_tmp_stays_runnable(tmp_path):
+    """/tmp is private in the sandbox; a program installed there (a CI checkout) is made visible."""
+    tool = Path("/tmp") / f"ao-tool-{os.getpid()}"
+    real = tool / "pkg"
+    real.mkdir(parents=True, exist_ok=True)
+    (real / "cli").write_text("#!/bin/sh\n")
+    link = tool / "bin"
+    link.mkdir(exist_ok=True)
+    if not (link / "agent").exists():
+        (link / "agent").symlink_to(real / "cli")
+    try:
+        cfg = FakeConfig({"agent.network": True, "worktree.symlinkDirs": [],
+                          "worktree.dockerService": None})
+        cfg.project_root = tmp_path / "project"
+        wrap = bwrap_wrapper(cfg, git_common_dir=tmp_path / "project" / ".git", home=None,
+                             env={"PATH": os.environ["PATH"]}, bwrap="/usr/bin/bwrap")
+        argv = wrap([str(link / "agent")], tmp_path)
+        pairs = list(zip(argv, argv[1:], argv[2:]))
+        assert ("--ro-bind", str(link), str(link)) in pairs
+        assert ("--ro-bind", str(real), str(real)) in pairs
+        assert argv.index(str(link)) > argv.index("/tmp")  # after the private /tmp
+        outside = wrap(["/usr/bin/env"], tmp_path)
+        assert "/usr/bin" not in outside[:outside.index("--")]
+    finally:
+        shutil.rmtree(tool)
