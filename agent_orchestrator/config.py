@@ -259,6 +259,7 @@ SETTINGS: list[Setting] = [
     S("agent.envPassthrough", "strings", [], "Extra environment variables (fnmatch patterns) passed to agents; [\"*\"] passes everything."),
     S("agent.sandbox", "string", "none", "Run agents in a sandbox that confines writes to the worktree.", choices=("none", "bwrap")),
     S("agent.network", "boolean", True, "Allow agents network access (only enforced with a sandbox)."),
+    S("agent.sandboxReadable", "strings", [], "Extra paths agents may read inside the sandbox (absolute, or relative to the project root), e.g. a tool's data directory under /tmp."),
     S("agent.model", "string?", None, "Model passed to every agent that has no model of its own (null: the CLI's default)."),
     S("agent.maxOutputBytes", "integer", 52428800, "Output kept per session; beyond it the output is truncated (the session goes on).", check=_at_least(1024)),
     S("agent.maxConcurrent", "integer?", None, "Most sessions of one agent at a time (null: as many as there are tracks). Shrinks under rate-limit pressure, grows back after agent.pressureQuietSeconds.", check=_at_least(1)),

@@ -106,12 +106,12 @@ ENVIRONMENT_TEXT_RULES = (
              r"requires --verbose"), retryable=False),
     Rule(ENVIRONMENT, "Docker is not running", _rx(r"Cannot connect to the Docker daemon",
                                                   r"Is the docker daemon running")),
-    Rule(ENVIRONMENT, "a service refused the connection (ECONNREFUSED)", _rx(r"ECONNREFUSED", r"Connection refused")),
-    Rule(ENVIRONMENT, "the disk is full", _rx(r"ENOSPC", r"No space left on device")),
-    Rule(ENVIRONMENT, "a read-only file system blocked the agent", _rx(r"Read-only file system", r"EROFS")),
-    Rule(ENVIRONMENT, "a port is already in use", _rx(r"EADDRINUSE", r"address already in use")),
-    Rule(ENVIRONMENT, "the network is unreachable", _rx(r"ENOTFOUND", r"EAI_AGAIN", r"Could not resolve host",
-                                                       r"Network is unreachable", r"ENETUNREACH")),
+    Rule(ENVIRONMENT, "a service refused the connection (ECONNREFUSED)", _rx(r"\bECONNREFUSED\b", r"Connection refused")),
+    Rule(ENVIRONMENT, "the disk is full", _rx(r"\bENOSPC\b", r"No space left on device")),
+    Rule(ENVIRONMENT, "a read-only file system blocked the agent", _rx(r"Read-only file system", r"\bEROFS\b")),
+    Rule(ENVIRONMENT, "a port is already in use", _rx(r"\bEADDRINUSE\b", r"address already in use")),
+    Rule(ENVIRONMENT, "the network is unreachable", _rx(r"\bENOTFOUND\b", r"\bEAI_AGAIN\b", r"Could not resolve host",
+                                                       r"Network is unreachable", r"\bENETUNREACH\b")),
 )
 
 TEST_ONLY_TEXT_RULES = (

@@ -94,7 +94,8 @@ class BwrapSandbox:
 
     def __init__(self, *, bwrap: str, project_root: Path, git_common_dir: Path, home: Path | None,
                  network: bool = True, shared_dirs: Sequence[str] = (), docker: bool = False,
-                 worktree: Path | None = None, env: Mapping[str, str] | None = None):
+                 worktree: Path | None = None, env: Mapping[str, str] | None = None,
+                 extra_readable: Sequence[Path] = ()):
         self.bwrap = bwrap
         self.project_root = Path(project_root)
         self.git_common_dir = Path(git_common_dir)
@@ -104,6 +105,7 @@ class BwrapSandbox:
         self.docker = docker
         self.worktree = Path(worktree) if worktree else None
         self.env = os.environ if env is None else env
+        self.extra_readable = [Path(p) for p in extra_readable]
 
     def __call__(self, argv: Sequence[str], cwd: Path) -> list[str]:
         command = list(argv)
@@ -111,8 +113,8 @@ class BwrapSandbox:
         checkout = Path(self.worktree or cwd)
         return bwrap_argv(
             command, bwrap=self.bwrap, cwd=Path(cwd),
-            readable=[p for p in (self.home, self.project_root) if p and p.exists()]
-            + _program_dirs(command[0]),
+            readable=[p for p in (self.home, self.project_root, *self.extra_readable)
+                      if p and p.exists()] + _program_dirs(command[0]),
             hidden_dirs=self._existing(SECRET_DIRS, dirs=True),
             hidden_files=self._existing(SECRET_FILES, dirs=False) + self._docker_sockets(),
             writable=[checkout, self.git_common_dir, *self._shared(), *self._agent_state()],
@@ -217,7 +219,8 @@ def bwrap_wrapper(config, *, worktree: Path | None = None, git_common_dir: Path 
     return BwrapSandbox(bwrap=bwrap, project_root=root, git_common_dir=Path(git_common_dir),
                         home=home, network=bool(config["agent.network"]),
                         shared_dirs=config["worktree.symlinkDirs"],
-                        docker=bool(config["worktree.dockerService"]), worktree=worktree, env=env)
+                        docker=bool(config["worktree.dockerService"]), worktree=worktree, env=env,
+                        extra_readable=[root / p for p in config["agent.sandboxReadable"]])
 
 
 def sandbox_for(config, *, env: Mapping[str, str] | None = None) -> BwrapSandbox | None:

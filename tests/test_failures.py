@@ -256,3 +256,14 @@ def test_budget_exhausted():
 
 def test_success_is_none():
     assert classify(RunOutcome(success=True, exit_code=0, saw_result=True), stderr_tail="ECONNREFUSED", now=NOW) is None
+
+
+def test_errno_codes_match_as_words_only():
+    """Patterns are case-insensitive: 'FileNotFoundError' must not read as ENOTFOUND (DNS)."""
+    crash = ("Traceback (most recent call last):\n"
+             "FileNotFoundError: [Errno 2] No such file or directory: 'x.jsonl'")
+    failure = classify(RunOutcome(exit_code=1, agent="claude"), stderr_tail=crash, now=NOW)
+    assert failure.category == "implementation", failure
+    dns = classify(RunOutcome(exit_code=1, agent="claude"),
+                   stderr_tail="Error: getaddrinfo ENOTFOUND api.example.com", now=NOW)
+    assert dns.category == "environment" and "network" in dns.reason

@@ -22,7 +22,7 @@ import pytest
 from agent_orchestrator.sandbox import (SandboxUnavailable, bwrap_argv, bwrap_wrapper,
                                         check_available)
 from processes import alive_with_env, output, start_run, wait_for
-from projects import feature, git, load_features, make_project, run_cli
+from projects import REPO_ROOT, feature, git, load_features, make_project, run_cli
 
 PROBE = r'''
 import json, os, socket, subprocess, sys
@@ -106,7 +106,10 @@ def listener():
 def sandboxed_project(git_repo, tmp_path, *, network: bool, probe: bool = True):
     """The probe agent's script lives in the project root (readable in the sandbox, which
     hides the host's /tmp behind a private one), untracked."""
-    agent = {"sandbox": "bwrap", "network": network, "killGraceSeconds": 0.5}
+    # the fake CLIs read their output templates from tests/transcripts, which the private /tmp
+    # hides when this checkout lives under /tmp: made visible as a user would, by configuration
+    agent = {"sandbox": "bwrap", "network": network, "killGraceSeconds": 0.5,
+             "sandboxReadable": [str(REPO_ROOT / "tests")]}
     extra = {}
     script = git_repo / "probe_agent.py"
     if probe:
@@ -226,7 +229,12 @@ def test_bwrap_that_cannot_create_namespaces_refuses_to_run(git_repo, tmp_path):
 
 
 class FakeConfig(dict):
+    """The settings a test names; every other key has its registry default."""
     project_root = Path("/nonexistent")
+
+    def __missing__(self, key):
+        from agent_orchestrator.config import SETTINGS_BY_KEY
+        return SETTINGS_BY_KEY[key].default
 
 
 def test_no_sandbox_asked_means_no_check():
