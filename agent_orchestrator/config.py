@@ -2,31 +2,20 @@
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
+from .config_sections import (BUILTIN_AGENTS, MISSING, AgentDef, CriticalPattern, Ctx, Track,
+                              parse_agents, parse_patterns, parse_strings, parse_tracks,
+                              parse_webhooks)
 from .errors import ConfigError
-
+from .values import (MASK, branch_name_problem, found, ignored_key, kind_of, mask_secrets,
+                     parse_argv, parse_argv_list, show, unknown_key)
 CONFIG_FILE = "orchestrator.config.json"
-BUILTIN_AGENTS = ("claude", "codex", "gemini")
-AGENT_KINDS = ("claude", "codex", "gemini", "command")
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}\Z")
-NAME_RULE = "use letters, digits, '.', '_', '-' (max 40), starting with a letter or digit"
-MAX_TRACKS = 32
-TRACK_COLORS = ("#3b82f6", "#10b981", "#f59e0b", "#ef4444", "#8b5cf6", "#ec4899", "#14b8a6", "#f97316")
 PATH_KEYS = ("featuresFile", "progressFile", "instructionsFile")
-MASK = "***"
-NOTIFY_EVENTS = ("feature.passed", "feature.failed", "track.paused", "budget.warning", "budget.reached",
-                 "rate_limit.waiting", "conflict.predicted", "run.finished")
-WEBHOOK_FIELDS = ("url", "events", "headers")
-_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-ARGV_HINT = 'must be an argv list, e.g. ["npm", "test"] — shell strings are not run'
-_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -38,156 +27,6 @@ class Setting:
     secret: bool = False
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], str | None] | None = None
-
-
-@dataclass(frozen=True)
-class Track:
-    name: str
-    categories: tuple[str, ...]
-    color: str
-    is_default: bool
-
-
-@dataclass(frozen=True)
-class CriticalPattern:
-    pattern: str
-    label: str
-    regex: re.Pattern
-
-
-@dataclass(frozen=True)
-class AgentDef:
-    name: str
-    kind: str
-    command: tuple[str, ...] | None = None
-    env: dict = field(default_factory=dict)
-    model: str | None = None
-    args: tuple[str, ...] = ()
-
-
-# ---------------------------------------------------------------- pure checks
-
-def branch_name_problem(name: str) -> str | None:
-    """Why `name` is not a valid branch name (the rules of `git check-ref-format --branch`), or None."""
-    if not name:
-        return "is empty"
-    if name in ("@", "HEAD"):
-        return f"cannot be {name!r}"
-    if name.startswith("-"):
-        return "cannot start with '-'"
-    if ".." in name:
-        return "cannot contain '..'"
-    if "@{" in name:
-        return "cannot contain '@{'"
-    bad = sorted({c for c in name if c in " ~^:?*[\\" or ord(c) < 32 or ord(c) == 127})
-    if bad:
-        shown = ", ".join("space" if c == " " else repr(c) for c in bad)
-        return f"cannot contain {shown}"
-    if name.startswith("/") or name.endswith("/") or "//" in name:
-        return "cannot start or end with '/' or contain '//'"
-    if name.endswith("."):
-        return "cannot end with '.'"
-    for part in name.split("/"):
-        if part.startswith("."):
-            return "no path component may start with '.'"
-        if part.endswith(".lock"):
-            return "no path component may end with '.lock'"
-    return None
-
-
-def valid_branch_name(name: str) -> bool:
-    return isinstance(name, str) and branch_name_problem(name) is None
-
-
-def show(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def kind_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def found(value: Any) -> str:
-    return f"{show(value)} ({kind_of(value)})"
-
-
-def parse_argv(value: Any) -> tuple[list[str] | None, str | None]:
-    """One command: an argv list of non-empty strings, or a single word. Returns (argv, problem)."""
-    if isinstance(value, str):
-        if not value.strip():
-            return None, "is an empty command"
-        if any(c.isspace() for c in value):
-            return None, f"{show(value)} {ARGV_HINT}"
-        return [value], None
-    if not isinstance(value, list):
-        return None, f"expected an argv list of strings, found {found(value)}"
-    if not value:
-        return None, "is an empty command"
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item:
-            return None, f"element {i} must be a non-empty string, found {found(item)}"
-    if len(value) == 1 and any(c.isspace() for c in value[0]):
-        return None, f"{show(value)} {ARGV_HINT}"
-    return list(value), None
-
-
-def parse_argv_list(value: Any) -> tuple[list[list[str]], list[tuple[str, str]]]:
-    """Several commands: a list of argv lists, or one argv list (flat list of strings), or one word.
-    Returns (commands, problems); a problem is (suffix naming the element, e.g. "[1]" or "", text)."""
-    if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-        argv, problem = parse_argv(value)
-        return ([argv] if argv else []), ([("", problem)] if problem else [])
-    if not isinstance(value, list):
-        return [], [("", f"expected a list of argv lists such as [[\"npm\", \"test\"]], found {found(value)}")]
-    commands: list[list[str]] = []
-    problems: list[tuple[str, str]] = []
-    for i, item in enumerate(value):
-        argv, problem = parse_argv(item)
-        if problem:
-            problems.append((f"[{i}]", problem))
-        else:
-            commands.append(argv)
-    return commands, problems
-
-
-def suggest(name: str, candidates: list[str]) -> str | None:
-    """The closest known key to `name` (difflib), comparing whole dotted paths and last components."""
-    best, best_score = None, 0.0
-    leaf = name.rsplit(".", 1)[-1].lower()
-    for cand in candidates:
-        cand_leaf = cand.rsplit(".", 1)[-1].lower()
-        score = max(difflib.SequenceMatcher(None, name.lower(), cand.lower()).ratio(),
-                    0.95 * difflib.SequenceMatcher(None, leaf, cand_leaf).ratio())
-        if len(leaf) >= 4 and cand_leaf.startswith(leaf):
-            score = max(score, 0.9)
-        if score > best_score:
-            best, best_score = cand, score
-    return best if best_score >= 0.6 else None
-
-
-def _unknown_key(path: str, candidates: list[str], prefix: str = "") -> str:
-    guess = suggest(path[len(prefix):], [c[len(prefix):] for c in candidates])
-    hint = f" — did you mean '{prefix}{guess}'?" if guess else " — it is ignored"
-    return f"unknown key '{path}'{hint}"
-
-
-def _ignored_key(key: str) -> bool:
-    return key.startswith(("$", "_"))
 
 
 # ---------------------------------------------------------------- registry
@@ -290,9 +129,6 @@ SETTINGS: list[Setting] = [
 del S
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.key.split(".")[0] for s in SETTINGS if "." in s.key))
-TRACK_FIELDS = ("name", "categories", "color", "isDefault")
-PATTERN_FIELDS = ("pattern", "label")
-AGENT_FIELDS = ("kind", "command", "env", "model", "args")
 
 TYPE_NAMES = {
     "string": "string", "path": "string (path)", "string?": "string or null", "integer": "integer",
@@ -304,235 +140,7 @@ TYPE_NAMES = {
 
 # ---------------------------------------------------------------- parsing
 
-class _Ctx:
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.warnings: list[str] = []
-
-    def bad(self, key: str, text: str) -> object:
-        self.problems.append(f"{key}: {text}")
-        return _MISSING
-
-    def expected(self, key: str, what: str, value: Any) -> object:
-        return self.bad(key, f"expected {what}, found {found(value)}")
-
-    def unknown_fields(self, path: str, obj: dict, known: tuple[str, ...]) -> None:
-        for k in obj:
-            if k not in known and not _ignored_key(k):
-                self.warnings.append(_unknown_key(f"{path}.{k}", [f"{path}.{f}" for f in known], prefix=f"{path}."))
-
-
-def _parse_strings(ctx: _Ctx, key: str, value: Any) -> Any:
-    if not isinstance(value, list):
-        return ctx.expected(key, "a list of strings", value)
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            return ctx.bad(f"{key}[{i}]", f"expected a string, found {found(item)}")
-    return list(value)
-
-
-def _parse_track(ctx: _Ctx, key: str, item: Any, index: int) -> dict | None:
-    if not isinstance(item, dict):
-        ctx.expected(key, "an object {\"name\": ..., \"categories\": [...]}", item)
-        return None
-    ctx.unknown_fields(key, item, TRACK_FIELDS)
-    ok = True
-    name = item.get("name", _MISSING)
-    if name is _MISSING:
-        ctx.bad(f"{key}.name", f"is missing — every track needs a name ({NAME_RULE})")
-        ok = False
-    elif not isinstance(name, str) or not NAME_RE.match(name):
-        ctx.bad(f"{key}.name", f"{show(name)} is not allowed — {NAME_RULE}")
-        ok = False
-    cats = _parse_strings(ctx, f"{key}.categories", item.get("categories", []))
-    color = item.get("color", TRACK_COLORS[index % len(TRACK_COLORS)])
-    if not isinstance(color, str):
-        ctx.expected(f"{key}.color", "a CSS color string such as \"#3b82f6\"", color)
-        ok = False
-    is_default = item.get("isDefault", False)
-    if not isinstance(is_default, bool):
-        ctx.expected(f"{key}.isDefault", "true or false", is_default)
-        ok = False
-    if not ok or cats is _MISSING:
-        return None
-    return {"name": name, "categories": cats, "color": color, "isDefault": is_default}
-
-
-def _parse_tracks(ctx: _Ctx, key: str, value: Any) -> Any:
-    if not isinstance(value, list):
-        return ctx.expected(key, "a list of tracks such as [{\"name\": \"core\", \"categories\": []}]", value)
-    if not 1 <= len(value) <= MAX_TRACKS:
-        return ctx.bad(key, f"has {len(value)} tracks — expected 1 to {MAX_TRACKS}")
-    tracks = [_parse_track(ctx, f"{key}[{i}]", item, i) for i, item in enumerate(value)]
-    seen: dict[str, int] = {}
-    for i, t in enumerate(tracks):
-        if t is None:
-            continue
-        low = t["name"].lower()
-        if low in seen:
-            ctx.bad(f"{key}[{i}].name", f"{show(t['name'])} is already used by {key}[{seen[low]}] — track names must be unique (ignoring case)")
-        else:
-            seen[low] = i
-    defaults = [i for i, t in enumerate(tracks) if t and t["isDefault"]]
-    if len(defaults) > 1:
-        ctx.bad(key, f"{len(defaults)} tracks have isDefault true ({', '.join(f'{key}[{i}]' for i in defaults)}) — mark at most one")
-    if any(t is None for t in tracks):
-        return _MISSING
-    if not defaults:
-        tracks[0]["isDefault"] = True
-    owner: dict[str, str] = {}
-    for t in tracks:
-        for cat in t["categories"]:
-            if cat in owner:
-                ctx.warnings.append(f"category {show(cat)} is listed by tracks {owner[cat]!r} and {t['name']!r}; features of it go to {owner[cat]!r}")
-            else:
-                owner[cat] = t["name"]
-    return tracks
-
-
-def _parse_patterns(ctx: _Ctx, key: str, value: Any) -> Any:
-    if not isinstance(value, list):
-        return ctx.expected(key, "a list of {\"pattern\": ..., \"label\": ...}", value)
-    out = []
-    for i, item in enumerate(value):
-        k = f"{key}[{i}]"
-        if isinstance(item, str):
-            item = {"pattern": item}
-        if not isinstance(item, dict):
-            ctx.expected(k, "an object {\"pattern\": \"regex\", \"label\": \"text\"}", item)
-            continue
-        ctx.unknown_fields(k, item, PATTERN_FIELDS)
-        pattern, label = item.get("pattern", _MISSING), item.get("label", item.get("pattern"))
-        if pattern is _MISSING:
-            ctx.bad(f"{k}.pattern", "is missing — give a regular expression")
-            continue
-        if not isinstance(pattern, str) or not pattern:
-            ctx.expected(f"{k}.pattern", "a non-empty regular expression string", pattern)
-            continue
-        if not isinstance(label, str):
-            ctx.expected(f"{k}.label", "a string", label)
-            continue
-        try:
-            regex = re.compile(pattern, re.IGNORECASE)
-        except re.error as e:
-            ctx.bad(f"{k}.pattern", f"{show(pattern)} is not a valid regular expression ({e})")
-            continue
-        out.append(CriticalPattern(pattern, label, regex))
-    return out if len(out) == len(value) else _MISSING
-
-
-def _parse_agent(ctx: _Ctx, key: str, name: str, item: Any) -> AgentDef | None:
-    if not NAME_RE.match(name):
-        ctx.bad(key, f"agent name {show(name)} is not allowed — {NAME_RULE}")
-        return None
-    if not isinstance(item, dict):
-        ctx.expected(key, "an object {\"kind\", \"command\", \"env\", \"model\", \"args\"}", item)
-        return None
-    ctx.unknown_fields(key, item, AGENT_FIELDS)
-    ok = True
-    kind = item.get("kind", name if name in BUILTIN_AGENTS else "command")
-    if kind not in AGENT_KINDS:
-        ctx.bad(f"{key}.kind", f"{show(kind)} is not one of {', '.join(AGENT_KINDS)}")
-        ok = False
-    command = None
-    if item.get("command") is not None:
-        command, problem = parse_argv(item["command"])
-        if problem:
-            ctx.bad(f"{key}.command", problem)
-            ok = False
-        elif kind == "command" and not any("{prompt}" in a or "{prompt_file}" in a for a in command):
-            ctx.bad(f"{key}.command", f"{show(command)} must contain {{prompt}} or {{prompt_file}} where the prompt goes, e.g. [\"my-agent\", \"--message\", \"{{prompt}}\"]")
-            ok = False
-    elif kind == "command":
-        ctx.bad(f"{key}.command", "is missing — a command agent needs an argv template such as [\"my-agent\", \"{prompt}\"]")
-        ok = False
-    env = item.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        ctx.expected(f"{key}.env", "an object of string values {\"NAME\": \"value\"}", env)
-        ok = False
-    model = item.get("model")
-    if model is not None and not isinstance(model, str):
-        ctx.expected(f"{key}.model", "a string or null", model)
-        ok = False
-    args = _parse_strings(ctx, f"{key}.args", item.get("args", []))
-    if not ok or args is _MISSING:
-        return None
-    return AgentDef(name, kind, tuple(command) if command else None, dict(env), model, tuple(args))
-
-
-def _parse_agents(ctx: _Ctx, key: str, value: Any) -> Any:
-    if not isinstance(value, dict):
-        return ctx.expected(key, "an object {\"name\": {\"kind\": ..., \"command\": [...]}}", value)
-    out = {}
-    for name, item in value.items():
-        agent = _parse_agent(ctx, f"{key}.{name}", name, item)
-        if agent is not None:
-            out[name] = agent
-    return out if len(out) == len(value) else _MISSING
-
-
-def _parse_webhook(ctx: _Ctx, key: str, item: Any) -> dict | None:
-    if not isinstance(item, dict):
-        ctx.expected(key, "an object {\"url\": \"https://...\", \"events\": [...], \"headers\": {...}}", item)
-        return None
-    ctx.unknown_fields(key, item, WEBHOOK_FIELDS)
-    ok = True
-    url = item.get("url", _MISSING)
-    if url is _MISSING:
-        ctx.bad(f"{key}.url", "is missing — give the http(s) URL to POST to")
-        ok = False
-    elif not isinstance(url, str) or not _webhook_url_ok(url):
-        ctx.bad(f"{key}.url", f"expected an http(s) URL such as \"https://example.com/hook\", found {found(url)}")
-        ok = False
-    events = item.get("events", ["*"])
-    if isinstance(events, str):
-        events = [events]
-    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
-        ctx.expected(f"{key}.events", "a non-empty list of notification names (or [\"*\"])", item.get("events"))
-        ok = False
-    else:
-        for i, name in enumerate(events):
-            if name != "*" and name not in NOTIFY_EVENTS:
-                guess = difflib.get_close_matches(name, NOTIFY_EVENTS, n=1)
-                hint = f" — did you mean {guess[0]!r}?" if guess else f" — use \"*\" or one of {', '.join(NOTIFY_EVENTS)}"
-                ctx.bad(f"{key}.events[{i}]", f"{show(name)} is not a notification name{hint}")
-                ok = False
-    headers = item.get("headers", {})
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        ctx.expected(f"{key}.headers", "an object of string values {\"Authorization\": \"Bearer ...\"}", headers)
-        ok = False
-    else:
-        for name, v in headers.items():
-            if not _HEADER_NAME_RE.match(name):
-                ctx.bad(f"{key}.headers", f"{show(name)} is not a valid HTTP header name")
-                ok = False
-            elif any(c in v for c in "\r\n\0"):
-                ctx.bad(f"{key}.headers.{name}", "a header value must not contain line breaks")
-                ok = False
-    if not ok:
-        return None
-    return {"url": url, "events": list(dict.fromkeys(events)), "headers": dict(headers)}
-
-
-def _webhook_url_ok(url: str) -> bool:
-    if any(c.isspace() for c in url):
-        return False
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        return False
-    return port_ok and parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _parse_webhooks(ctx: _Ctx, key: str, value: Any) -> Any:
-    if not isinstance(value, list):
-        return ctx.expected(key, "a list of webhooks [{\"url\": \"https://...\"}]", value)
-    hooks = [_parse_webhook(ctx, f"{key}[{i}]", item) for i, item in enumerate(value)]
-    return hooks if all(h is not None for h in hooks) else _MISSING
-
-
-def _parse_value(ctx: _Ctx, s: Setting, value: Any) -> Any:
+def _parse_value(ctx: Ctx, s: Setting, value: Any) -> Any:
     key, t = s.key, s.type
     if t in ("string", "path", "string?"):
         if value is None and t == "string?":
@@ -555,7 +163,7 @@ def _parse_value(ctx: _Ctx, s: Setting, value: Any) -> Any:
         if not isinstance(value, bool):
             return ctx.expected(key, "true or false", value)
     elif t == "strings":
-        value = _parse_strings(ctx, key, value)
+        value = parse_strings(ctx, key, value)
     elif t == "argv?":
         if value is None:
             return None
@@ -567,17 +175,17 @@ def _parse_value(ctx: _Ctx, s: Setting, value: Any) -> Any:
         if problems:
             for suffix, text in problems:
                 ctx.bad(key + suffix, text)
-            return _MISSING
+            return MISSING
         value = commands
     elif t == "tracks":
-        return _parse_tracks(ctx, key, value)
+        return parse_tracks(ctx, key, value)
     elif t == "patterns":
-        return _parse_patterns(ctx, key, value)
+        return parse_patterns(ctx, key, value)
     elif t == "agents":
-        return _parse_agents(ctx, key, value)
+        return parse_agents(ctx, key, value)
     elif t == "webhooks":
-        return _parse_webhooks(ctx, key, value)
-    if value is _MISSING:
+        return parse_webhooks(ctx, key, value)
+    if value is MISSING:
         return value
     if s.choices and value not in s.choices:
         return ctx.bad(key, f"{show(value)} is not one of {', '.join(s.choices)}")
@@ -588,12 +196,12 @@ def _parse_value(ctx: _Ctx, s: Setting, value: Any) -> Any:
     return value
 
 
-def _flatten(ctx: _Ctx, data: dict) -> dict[str, Any]:
+def _flatten(ctx: Ctx, data: dict) -> dict[str, Any]:
     """The user's values by dotted key; warns about unknown keys."""
     candidates = [s.key for s in SETTINGS] + list(SECTIONS)
     given: dict[str, Any] = {}
     for top, value in data.items():
-        if _ignored_key(top):
+        if ignored_key(top):
             continue
         if top in SETTINGS_BY_KEY:
             given[top] = value
@@ -605,10 +213,10 @@ def _flatten(ctx: _Ctx, data: dict) -> dict[str, Any]:
                 dotted = f"{top}.{sub}"
                 if dotted in SETTINGS_BY_KEY:
                     given[dotted] = v
-                elif not _ignored_key(sub):
-                    ctx.warnings.append(_unknown_key(dotted, candidates))
+                elif not ignored_key(sub):
+                    ctx.warnings.append(unknown_key(dotted, candidates))
         else:
-            ctx.warnings.append(_unknown_key(top, candidates))
+            ctx.warnings.append(unknown_key(top, candidates))
     return given
 
 
@@ -618,7 +226,7 @@ def parse_config(data: object, *, source: str = CONFIG_FILE, project_root: Path)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a JSON object {{...}}, found {kind_of(data)}",
                           hint=f"Write the settings as an object, e.g. {{\"baseBranch\": \"ai-develop\"}}, in {source}.")
-    ctx = _Ctx()
+    ctx = Ctx()
     given = _flatten(ctx, data)
     values: dict[str, Any] = {}
     for s in SETTINGS:
@@ -645,7 +253,7 @@ def parse_config(data: object, *, source: str = CONFIG_FILE, project_root: Path)
                   agents=agents, explicit=frozenset(given)), ctx.warnings
 
 
-def _cross_checks(ctx: _Ctx, values: dict[str, Any], given: dict[str, Any]) -> None:
+def _cross_checks(ctx: Ctx, values: dict[str, Any], given: dict[str, Any]) -> None:
     agents = values["agents"] if isinstance(values["agents"], dict) else {}
     known = list(BUILTIN_AGENTS) + [a for a in agents if a not in BUILTIN_AGENTS]
     if isinstance(given.get("agents"), dict):
@@ -671,62 +279,6 @@ def _cross_checks(ctx: _Ctx, values: dict[str, Any], given: dict[str, Any]) -> N
 
 
 # ---------------------------------------------------------------- the result
-
-_SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "authorization", "apikey",
-                 "privatekey", "accesskey", "cookie")
-
-
-def looks_secret(name: str) -> bool:
-    norm = re.sub(r"[^a-z0-9]", "", name.lower())
-    return any(w in norm for w in _SECRET_WORDS) or norm.endswith("key")
-
-
-def _mask_argv(argv: list) -> list:
-    out, hide_next = [], False
-    for a in argv:
-        if hide_next:
-            out.append(MASK)
-            hide_next = False
-        elif isinstance(a, str) and a.startswith("-") and looks_secret(a.split("=", 1)[0]):
-            if "=" in a:
-                out.append(a.split("=", 1)[0] + "=" + MASK)
-            else:
-                out.append(a)
-                hide_next = True
-        else:
-            out.append(a)
-    return out
-
-
-def _mask_url(url: str) -> str:
-    """Webhook URLs (Slack, Discord, ...) carry their secret in the path or query: keep only
-    the scheme and host."""
-    match = re.match(r"([a-z][a-z0-9+.-]*://)(?:[^@/]*@)?([^/?#]*)(.*)", url, re.I)
-    if not match:
-        return MASK
-    return match.group(1) + match.group(2) + ("/" + MASK if match.group(3) not in ("", "/") else "")
-
-
-def mask_secrets(obj: Any) -> Any:
-    """A copy with the values of secret-looking keys, `env` and `headers` objects and secret argv flags masked."""
-    if isinstance(obj, list):
-        if obj and all(isinstance(a, str) for a in obj):
-            return _mask_argv(obj)
-        return [mask_secrets(v) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    out = {}
-    for k, v in obj.items():
-        if k in ("env", "headers") and isinstance(v, dict):
-            out[k] = {name: MASK for name in v}
-        elif k == "url" and isinstance(v, str):
-            out[k] = _mask_url(v)
-        elif looks_secret(k) and v not in (None, "", [], {}):
-            out[k] = MASK
-        else:
-            out[k] = mask_secrets(v)
-    return out
-
 
 class Config:
     """The effective configuration: every registry key has a value (default applied)."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import NAME_RE, found, parse_argv_list, show
+from .config_sections import NAME_RE
+from .values import found, parse_argv_list, show
 from .errors import FeaturesError, NotFound, OrchestratorError
 from .states import FEATURE_STATUSES
 

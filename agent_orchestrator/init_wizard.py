@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from . import config as config_mod
-from . import detect, docker, git
+from . import config_sections, detect, docker, git, values
 from .errors import ConfigError, UsageError
 from .features import atomic_write_text
 
@@ -133,7 +133,7 @@ _container_dir = _matching(r"/", "is not an absolute path inside the container s
 
 
 def _branch(text: str, ctx: Context) -> str:
-    problem = config_mod.branch_name_problem(text.strip())
+    problem = values.branch_name_problem(text.strip())
     if problem:
         raise ValueError(f"{text.strip()!r} is not a valid git branch name ({problem})")
     return text.strip()
@@ -427,7 +427,7 @@ def build_tracks(parsed: list[tuple[str, list[str], bool]], existing: object) ->
     old = {t["name"]: t for t in existing if isinstance(t, dict) and isinstance(t.get("name"), str)} \
         if isinstance(existing, list) else {}
     used = {t.get("color") for t in old.values()}
-    free = [c for c in config_mod.TRACK_COLORS if c not in used] or list(config_mod.TRACK_COLORS)
+    free = [c for c in config_sections.TRACK_COLORS if c not in used] or list(config_sections.TRACK_COLORS)
     tracks = []
     for i, (name, cats, is_default) in enumerate(parsed):
         track = copy.deepcopy(old[name]) if name in old else {"name": name}

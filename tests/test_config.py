@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from agent_orchestrator.config import (
-    CONFIG_FILE, SETTINGS, AgentDef, Config, branch_name_problem, describe_settings, load_config, parse_argv,
-    parse_argv_list, parse_config, settings_markdown, suggest, valid_branch_name,
+    CONFIG_FILE, SETTINGS, AgentDef, Config, describe_settings, load_config, parse_config, settings_markdown,
+)
+from agent_orchestrator.values import (
+    branch_name_problem, parse_argv, parse_argv_list, suggest, valid_branch_name,
 )
 from agent_orchestrator.errors import ConfigError
 
@@ -315,7 +317,7 @@ def test_public_dict_masks_secrets():
 
 
 def test_mask_secret_looking_keys_and_headers():
-    from agent_orchestrator.config import mask_secrets
+    from agent_orchestrator.values import mask_secrets
     data = {"apiToken": "t", "password": "p", "githubKey": "k", "headers": {"X-A": "h"}, "name": "visible",
             "nested": {"client_secret": "s", "keep": 1}}
     masked = mask_secrets(data)

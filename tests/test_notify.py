@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_orchestrator.config import NOTIFY_EVENTS, parse_config
+from agent_orchestrator.config import parse_config
+from agent_orchestrator.config_sections import NOTIFY_EVENTS
 from agent_orchestrator.events import EventBus
 from agent_orchestrator.notify import TITLES, EventMapper, Notification, Notifier, expand_command
 
