@@ -15,7 +15,7 @@ from typing import Any, Callable
 from . import __version__
 from .errors import Conflict, NotFound, UsageError
 from .metrics import render_metrics
-from .scheduler import route
+from .scheduler import route, waiting_on
 from .states import FEATURE_STATUSES, SessionPhase, SessionStatus
 
 SESSION_SUMMARY_KEYS = (
@@ -236,11 +236,14 @@ class Api:
 
     def features(self) -> dict:
         latest = self.project.db.latest_session_by_feature()
+        features = self._features()
+        by_id = {f.id: f for f in features}
         items = []
-        for feature in self._features():
+        for feature in features:
             item = feature_to_dict(feature)
             item["route_track"] = self._route(feature)
             item["latest_session"] = session_summary(latest.get(feature.id))
+            item["waiting_on"] = waiting_on(feature, by_id) if feature.status == "open" else []
             items.append(item)
         return {"features": items, "count": len(items)}
 

@@ -51,7 +51,8 @@ export function mount(root, { api, store, query }) {
         f.category ? el('div', { class: 'muted small', text: f.category }) : '',
         latest ? el('a', { class: 'small', href: `#/sessions/${latest.id}`, text: `${latest.phase} session #${latest.id}` }) : ''),
       el('td', { text: f.route_track || '' }),
-      el('td', {}, badge(f.status)),
+      el('td', {}, badge(f.status), f.waiting_on && f.waiting_on.length
+        ? el('div', { class: 'muted small waits', text: `waits for ${f.waiting_on.map((d) => `#${d}`).join(', ')}` }) : ''),
       el('td', {}, failure),
       el('td', { class: 'mono small', text: f.branch || '–' }),
       el('td', { class: 'num', text: f.attempts ?? 0 }),
