@@ -231,8 +231,9 @@ class EventPrinter:
         self.sub.close()
 
     def _loop(self) -> None:
+        # the wait bounds how long stop() waits for this thread at the end of a run
         while not self._stop.is_set():
-            self._drain(0.2)
+            self._drain(0.02)
 
     def _drain(self, timeout: float) -> None:
         try:

@@ -173,12 +173,22 @@ def _tail(done: proc.Completed) -> str:
     return " | ".join(lines[-4:]) or f"exit code {done.returncode}"
 
 
+def identity_args(repo: Path) -> list[str]:
+    """The `-c user.*` options commits in `repo` need (none when it has an identity)."""
+    return _identity_args(repo)
+
+
 def _identity_args(repo: Path) -> list[str]:
-    """`-c user.*` options when the repository has no identity configured."""
+    """`-c user.*` options when the repository has no identity configured (one git call)."""
+    done = git(repo, "config", "--get-regexp", r"^user\.(name|email)$", check=False)
+    values: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        values[key.lower()] = value.strip()  # the last value wins, as with `git config KEY`
     args: list[str] = []
-    if not git(repo, "config", "user.name", check=False).stdout.strip():
+    if not values.get("user.name"):
         args += ["-c", f"user.name={FALLBACK_NAME}"]
-    if not git(repo, "config", "user.email", check=False).stdout.strip():
+    if not values.get("user.email"):
         args += ["-c", f"user.email={FALLBACK_EMAIL}"]
     return args
 
@@ -201,7 +211,34 @@ def common_dir(repo: Path) -> Path:
     return (Path(repo) / out).resolve()
 
 
+def git_dir(repo: Path) -> Path:
+    """The repository's (per-worktree) git directory: read from `.git` at the top of a checkout
+    (a directory, or the `gitdir:` file of a linked worktree) without starting git; asked from
+    git otherwise (a path below the top)."""
+    dot = Path(repo) / ".git"
+    try:
+        if dot.is_dir():
+            return dot
+        text = dot.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    if text.startswith("gitdir: "):
+        target = Path(text[len("gitdir: "):].strip())
+        return target if target.is_absolute() else (Path(repo) / target).resolve()
+    return Path(git(repo, "rev-parse", "--absolute-git-dir").stdout.strip())
+
+
 def current_branch(repo: Path) -> str | None:
+    # HEAD is a file naming the branch ("ref: refs/heads/NAME") in a checkout with the files
+    # ref backend; anything else (a detached sha, a reftable stub) is left to git
+    try:
+        head = (git_dir(repo) / "HEAD").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError, GitError):
+        head = ""
+    if head.startswith("ref: refs/heads/"):
+        name = head[len("ref: refs/heads/"):]
+        if valid_branch_name(name) and name != ".invalid":
+            return name
     done = git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
     if not done.ok:
         return None
@@ -231,17 +268,31 @@ def status(repo: Path) -> list[StatusEntry]:
     return parse_status_z(git(repo, "status", "--porcelain=v1", "-z").stdout)
 
 
+def branch_status(repo: Path) -> tuple[str | None, list[StatusEntry]]:
+    """The checked-out branch (None when HEAD is detached) and the `status` entries, in one call."""
+    out = git(repo, "status", "--porcelain=v1", "-z", "--branch").stdout
+    head, _, rest = out.partition("\0")
+    branch = None
+    if head.startswith("## ") and not head.startswith("## HEAD (no branch)"):
+        name = head[3:]
+        for prefix in ("No commits yet on ", "Initial commit on "):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        branch = name.split("...", 1)[0].split(" ", 1)[0] or None
+    return branch, parse_status_z(rest)
+
+
 def dirty_paths(repo: Path) -> list[str]:
     return [e.path for e in status(repo)]
 
 
 def merge_in_progress(repo: Path) -> bool:
-    return git(repo, "rev-parse", "-q", "--verify", "MERGE_HEAD", check=False).ok
+    return (git_dir(repo) / "MERGE_HEAD").is_file()
 
 
 def _sequencer_in_progress(repo: Path) -> bool:
-    return any(git(repo, "rev-parse", "-q", "--verify", head, check=False).ok
-               for head in ("MERGE_HEAD", "REVERT_HEAD", "CHERRY_PICK_HEAD"))
+    folder = git_dir(repo)
+    return any((folder / head).is_file() for head in ("MERGE_HEAD", "REVERT_HEAD", "CHERRY_PICK_HEAD"))
 
 
 def _index_clean(repo: Path) -> bool:
@@ -292,6 +343,8 @@ def delete_branch(repo: Path, name: str, *, force: bool = False,
 def commit_all(repo: Path, message: str, *, exclude: Sequence[str] = ()) -> str | None:
     """Stage every change except `exclude` paths and commit; the new sha, or None if nothing changed."""
     excluded = [f":(exclude,literal){check_path(p)}" for p in exclude]
+    if not status(repo):  # nothing changed, nothing staged, nothing untracked: one git call
+        return None
     git(repo, "add", "-A", "--", ".", *excluded)
     head = rev_parse(repo, "HEAD")
     if excluded and head is not None:
@@ -306,7 +359,8 @@ def commit_all(repo: Path, message: str, *, exclude: Sequence[str] = ()) -> str 
     return rev_parse(repo, "HEAD")
 
 
-def merge(repo: Path, ref: str, *, message: str, no_ff: bool = True) -> MergeResult:
+def merge(repo: Path, ref: str, *, message: str, no_ff: bool = True,
+          identity: list[str] | None = None, want_sha: bool = True) -> MergeResult:
     """Merge `ref` into the checked-out branch of `repo`. Never leaves the repository mid-merge:
     on a conflict the merge is aborted and the conflicting files are reported; when git refuses
     because of local changes, nothing is changed and the files are reported."""
@@ -315,15 +369,18 @@ def merge(repo: Path, ref: str, *, message: str, no_ff: bool = True) -> MergeRes
         return MergeResult(False, blocked_by_local_changes=dirty_paths(repo) or ["MERGE_HEAD"],
                            output=f"a merge, revert or cherry-pick is already in progress in {repo}; "
                                   "finish it (git commit) or abort it first")
-    before = rev_parse(repo, "HEAD")
     args = ["merge", "--no-autostash", "-m", message]
     if no_ff:
         args.insert(1, "--no-ff")
-    done = git(repo, *_identity_args(repo), *args, "--", ref, check=False, timeout=600)
+    if identity is None:
+        identity = _identity_args(repo)
+    done = git(repo, *identity, *args, "--", ref, check=False, timeout=600)
     output = (done.stdout + done.stderr).strip()
     if done.ok:
-        sha = rev_parse(repo, "HEAD")
-        return MergeResult(True, sha=sha, output=output, up_to_date=sha == before)
+        # LC_ALL=C: "Already up to date." (git < 2.17: "Already up-to-date.") when nothing moved
+        up_to_date = "Already up to date" in done.stdout or "Already up-to-date" in done.stdout
+        sha = rev_parse(repo, "HEAD") if want_sha else None
+        return MergeResult(True, sha=sha, output=output, up_to_date=up_to_date)
     if merge_in_progress(repo):
         conflicts = parse_z_list(git(repo, "diff", "--name-only", "-z", "--diff-filter=U").stdout)
         abort_merge(repo)
@@ -377,10 +434,21 @@ def _revert(repo: Path, sha: str, message: str, mainline: list[str], note: str) 
     return True
 
 
-def restore_paths_from(repo: Path, ref: str, paths: Sequence[str], message: str) -> str | None:
+def restore_paths_from(repo: Path, ref: str, paths: Sequence[str], message: str, *,
+                       worktree_clean: bool = False) -> str | None:
     """Make `paths` in HEAD equal to their version in `ref` (absent there: removed from the index,
-    the working tree file stays) and commit. The new sha, or None when nothing differed."""
+    the working tree file stays) and commit. The new sha, or None when nothing differed.
+    worktree_clean: the caller just saw `git status` empty (no need to look again)."""
     check_ref(ref)
+    if not paths:
+        return None
+    specs = [literal(p) for p in paths]
+    # the usual case, in one or two git calls: HEAD already has ref's version of every path, and
+    # the index and the working tree have no change to any of them
+    same = git(repo, "diff", "--quiet", ref, "HEAD", "--", *specs, check=False).returncode == 0
+    if same and (worktree_clean or not parse_status_z(
+            git(repo, "status", "--porcelain=v1", "-z", "--", *specs).stdout)):
+        return None
     for path in paths:
         spec = literal(path)
         git(repo, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", spec)
@@ -392,14 +460,14 @@ def restore_paths_from(repo: Path, ref: str, paths: Sequence[str], message: str)
     return rev_parse(repo, "HEAD")
 
 
-def ensure_excluded(repo: Path, patterns: Iterable[str]) -> list[str]:
-    """Add missing `patterns` to <git-common-dir>/info/exclude inside the agent-orchestrator block.
-    Returns the patterns added."""
+def ensure_excluded(repo: Path, patterns: Iterable[str], *, common: Path | None = None) -> list[str]:
+    """Add missing `patterns` to <git-common-dir>/info/exclude inside the agent-orchestrator block
+    (`common`: that directory when the caller knows it). Returns the patterns added."""
     wanted = [p.strip() for p in patterns]
     for p in wanted:
         if not p or "\n" in p or "\r" in p:
             raise GitError(f"invalid exclude pattern {p!r}")
-    exclude = common_dir(repo) / "info" / "exclude"
+    exclude = (common or common_dir(repo)) / "info" / "exclude"
     with _exclude_lock:
         text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
         present = {line.strip() for line in text.splitlines()}

@@ -3,6 +3,7 @@ change (each change is written and published as an event), and the control surfa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -10,6 +11,7 @@ import signal
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -30,6 +32,9 @@ from .worktrees import Worktrees
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+# Git work runs in threads (asyncio.to_thread). The default pool has min(32, CPUs + 4) threads:
+# 6 on a 2-core machine, so 16 tracks finishing at once would queue their git calls behind 6.
+MIN_WORKER_THREADS = 16
 
 
 @dataclass
@@ -109,6 +114,7 @@ class Orchestrator:
         self._bad_features_reported = False
         self.outcomes: dict[int, str] = {}
         self._docker_wrappers: dict[str, Path] = {}
+        self._executor_loop: asyncio.AbstractEventLoop | None = None
 
     # ================================================================ running
     async def run_until_idle(self, *, feature_ids=None, track_names=None) -> dict:
@@ -137,6 +143,11 @@ class Orchestrator:
         self._loop = asyncio.get_running_loop()
         if self.state == "running":
             return
+        if self._executor_loop is not self._loop:  # the loop shuts it down when it closes
+            self._executor_loop = self._loop
+            self._loop.set_default_executor(ThreadPoolExecutor(
+                max_workers=max(MIN_WORKER_THREADS, 2 * len(self.tracks) + 4),
+                thread_name_prefix="orchestrator"))
         self.recover()
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
@@ -280,6 +291,23 @@ class Orchestrator:
                 self._apply_dependencies()
             return list(self._features)
 
+    def _remember_written(self, feature_id: int, written: dict) -> None:
+        """Keep the features as last read up to date with what set_status wrote, instead of
+        re-reading and re-parsing features.json after every write."""
+        if self._features is None:
+            return
+        for i, f in enumerate(self._features):
+            if f.id == feature_id:
+                raw = dict(f.raw)
+                for key, value in written.items():
+                    if value is None:
+                        raw.pop(key, None)
+                    else:
+                        raw[key] = value
+                self._features[i] = dataclasses.replace(f, status=raw.get("status", "open"),
+                                                        raw=raw)
+                return
+
     def _apply_dependencies(self) -> None:
         for fid, status, reason in scheduler.blocking_changes(self._features):
             if status == "open" and fid in self._claimed:
@@ -316,8 +344,12 @@ class Orchestrator:
             written = self.store.update(feature_id, fields)
             if "status" in written or not written:
                 self._status[feature_id] = status if "status" in written else old
-            if _reload:
-                self._features = None
+            if written:
+                self._remember_written(feature_id, written)
+                # what other features' statuses follow from this one (blocked, unblocked); a
+                # change made in the file meanwhile is seen by store.changed() in features()
+                if _reload and "status" in written and self._features is not None:
+                    self._apply_dependencies()
         data = {"id": feature_id, "name": name, **fields}
         if written and "status" not in written:
             data["status"] = old

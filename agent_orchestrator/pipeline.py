@@ -94,6 +94,11 @@ class FeatureJob:
         self.retry_context = orch.take_retry_context(feature.id)
         self.resume: dict | None = self.retry_context.get("resume")
         self._last_wait: tuple | None = None
+        self._new_branch = False  # the branch was created from the base branch by this job
+        self._identity: list[str] | None = None  # `-c user.*` options for the merges
+        # commit_leftovers found nothing uncommitted in the worktree: the next merge attempt may
+        # skip looking again (one-shot; an agent session in between clears it)
+        self._clean_worktree = False
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
@@ -102,7 +107,8 @@ class FeatureJob:
                      failure_category=None)
         await self.ensure_worktree()
         try:
-            if not await asyncio.to_thread(self._has_work) or self.retry_context.get("reimplement"):
+            if not await asyncio.to_thread(self._has_work, self._new_branch) \
+                    or self.retry_context.get("reimplement"):
                 if not await self.implement():
                     return self.feature_status()
             max_attempts = int(self.cfg["verification.maxAttempts"])
@@ -132,15 +138,19 @@ class FeatureJob:
         if self.worktree is not None and self.worktree.exists():
             return
         # named by id: always a valid directory name, whatever branch features.json records
-        self.worktree = await asyncio.to_thread(
-            self.orch.worktrees.create, f"feature-{self.feature.id}", self.branch, self.base)
+        first = self.worktree is None
+        self.worktree, new_branch = await asyncio.to_thread(
+            self.orch.worktrees.create_reporting, f"feature-{self.feature.id}", self.branch,
+            self.base)
+        self._new_branch = first and new_branch
         self.orch.prepare_worktree(self.worktree)
 
-    def _has_work(self) -> bool:
+    def _has_work(self, new_branch: bool = False) -> bool:
         """The branch has the agent's work: commits not on the base branch yet, or merged (or
         merged and reverted) before — an interrupted verification, a retry: implementing again
-        would redo it."""
-        if git.commits_ahead(self.orch.root, self.base, self.branch) > 0:
+        would redo it. new_branch: the branch was just created from the base branch (no commit
+        to count)."""
+        if not new_branch and git.commits_ahead(self.orch.root, self.base, self.branch) > 0:
             return True
         return bool(self._applied() or self.orch.db.get_state(f"reverted:{self.feature.id}"))
 
@@ -201,13 +211,17 @@ class FeatureJob:
         while True:
             await self.ensure_worktree()
             o.set_phase(self.track, "merging", self.feature)
-            async with o.merge_lock:
-                outcome = await asyncio.to_thread(self._merge_locked)
+            # the feature's own worktree needs no lock: only the merge into the base branch does
+            outcome = await asyncio.to_thread(self._merge_base_into_feature)
+            if outcome is None:
+                async with o.merge_lock:
+                    outcome = await asyncio.to_thread(self._merge_locked)
             o.publish("merge", {"feature_id": self.feature.id, "branch": self.branch,
                                 "base": self.base, "result": outcome.kind, "sha": outcome.sha,
                                 "files": outcome.files})
             if outcome.kind == "merged":
                 return True
+            self._clean_worktree = False
             if outcome.kind == "blocked":
                 o.set_phase(self.track, "waiting", self.feature)
                 o.notice("warning", f"feature #{self.feature.id} waits to merge: your uncommitted "
@@ -230,23 +244,51 @@ class FeatureJob:
             if result.ok:
                 await self.commit_leftovers("conflict resolution")
 
+    def _merge_base_into_feature(self) -> MergeOutcome | None:
+        """In the feature's worktree, without the merge lock (other tracks merge meanwhile): drop
+        the agent's edits of the files the orchestrator owns, then merge the base branch into the
+        feature branch, so that its conflicts are found and resolved there. None when it merged."""
+        o = self.orch
+        known_clean, self._clean_worktree = self._clean_worktree, False
+        git.restore_paths_from(self.worktree, self.base, o.protected_paths(),
+                               "orchestrator: drop changes to files the orchestrator owns",
+                               worktree_clean=known_clean)
+        self._identity = git.identity_args(self.worktree)
+        outcome = self._merge_base_once()
+        if outcome is None:
+            self._clean_worktree = known_clean  # a merge into a clean worktree leaves it clean
+        return outcome
+
+    def _merge_base_once(self) -> MergeOutcome | None:
+        o = self.orch
+        into_feature = git.merge(self.worktree, self.base, no_ff=False, identity=self._identity,
+                                 want_sha=False, message=f"Merge {self.base} into {self.branch}")
+        if into_feature.ok:
+            return None
+        if into_feature.blocked_by_local_changes:
+            git.commit_all(self.worktree, "wip: uncommitted agent changes",
+                           exclude=o.protected_paths())
+            return MergeOutcome("conflict", into_feature.blocked_by_local_changes)
+        return MergeOutcome("conflict", into_feature.conflicts or ["(unknown files)"])
+
     def _merge_locked(self) -> MergeOutcome:
-        """Runs in a worker thread while holding the project's merge lock."""
+        """Runs in a worker thread while holding the project's merge lock: the merge into the base
+        branch. The base branch may have moved since it was merged into the feature branch (other
+        tracks merged meanwhile). In the daemon's own integration worktree git then merges three
+        ways, and a conflict found there is aborted and handled like one found in the feature
+        branch. A checkout of the user's never gets a merge that can conflict (`git merge
+        --abort` may not give back uncommitted changes): there the base branch that moved is
+        merged into the feature branch first, as always."""
         o = self.orch
         checkout = o.worktrees.integration_checkout(self.base, discard_changes=True)
-        git.restore_paths_from(self.worktree, self.base, o.protected_paths(),
-                               "orchestrator: drop changes to files the orchestrator owns")
-        into_feature = git.merge(self.worktree, self.base, no_ff=False,
-                                 message=f"Merge {self.base} into {self.branch}")
-        if not into_feature.ok:
-            if into_feature.blocked_by_local_changes:
-                git.commit_all(self.worktree, "wip: uncommitted agent changes",
-                               exclude=o.protected_paths())
-                return MergeOutcome("conflict", into_feature.blocked_by_local_changes)
-            return MergeOutcome("conflict", into_feature.conflicts or ["(unknown files)"])
+        if Path(checkout).resolve() != o.worktrees.integration_dir \
+                and not git.is_ancestor(self.worktree, self.base, "HEAD"):
+            outcome = self._merge_base_once()
+            if outcome is not None:
+                return outcome
         if not self._reapply_reverted(checkout):
             return MergeOutcome("conflict", ["(re-applying the reverted earlier attempt)"])
-        into_base = git.merge(checkout, self.branch, no_ff=True,
+        into_base = git.merge(checkout, self.branch, no_ff=True, identity=self._identity,
                               message=f"Merge feature #{self.feature.id}: {self.feature.name}")
         if into_base.ok:
             if into_base.sha and not into_base.up_to_date:
@@ -287,8 +329,9 @@ class FeatureJob:
         o.set_status(f.id, "verifying")
         o.set_phase(self.track, "verifying", f)
         await o.pause_point(float(self.cfg["verification.delayMs"]) / 1000.0)
-        checkout = await asyncio.to_thread(o.worktrees.integration_checkout, self.base,
-                                           discard_changes=True)
+        async with o.merge_lock:  # it may reset the checkout: never under another track's merge
+            checkout = await asyncio.to_thread(o.worktrees.integration_checkout, self.base,
+                                               discard_changes=True)
         o.prepare_worktree(checkout)
         server_command = self.cfg["verification.serverCommand"]
         if not server_command or checkout == o.root:
@@ -376,8 +419,12 @@ class FeatureJob:
         o, f = self.orch, self.feature
         o.db.set_state(f"applied:{f.id}", [])  # kept for good: nothing left to revert or resume
         o.db.set_state(f"reverted:{f.id}", [])
-        await asyncio.to_thread(self._push_if_configured)
-        await self.cleanup(delete_branch=bool(self.cfg["git.deleteMergedBranches"]))
+        # pushing the base branch and removing the feature's worktree are independent
+        push = asyncio.ensure_future(asyncio.to_thread(self._push_if_configured))
+        try:
+            await self.cleanup(delete_branch=bool(self.cfg["git.deleteMergedBranches"]))
+        finally:
+            await push
         o.set_status(f.id, "passed", attempts=self.attempts, cost_usd=round(self.cost, 6),
                      failure_reason=None, failure_category=None)
         self.record_progress("PASSED", None)
@@ -430,12 +477,33 @@ class FeatureJob:
     async def cleanup(self, *, delete_branch: bool) -> None:
         if self.worktree is None:
             return
-        await self.commit_leftovers("final")
-        await asyncio.to_thread(self._remove_worktree)
+        if self.worktree.exists():
+            await asyncio.to_thread(self._commit_and_remove_worktree)
+        else:
+            await asyncio.to_thread(self._remove_worktree)
         self.worktree = None
         if delete_branch:
-            await asyncio.to_thread(git.delete_branch, self.orch.root, self.branch,
+            await asyncio.to_thread(self.orch.worktrees.delete_branch, self.branch,
                                     merged_into=self.base)
+
+    def _commit_and_remove_worktree(self) -> None:
+        """commit_leftovers("final") then _remove_worktree, with one `git status` when the
+        worktree is clean (the usual case)."""
+        if git.merge_in_progress(self.worktree):
+            git.abort_merge(self.worktree)
+        known_clean, self._clean_worktree = self._clean_worktree, False
+        if known_clean:
+            self.orch.worktrees.remove(self.worktree, force=True)
+            return
+        protected = set(self.orch.protected_paths())
+        leftovers = git.dirty_paths(self.worktree)
+        if any(p.rstrip("/") not in protected for p in leftovers):
+            git.commit_all(self.worktree, "orchestrator: commit changes left by the agent (final)",
+                           exclude=self.orch.protected_paths())
+            leftovers = git.dirty_paths(self.worktree)
+        # clean, or only the agent's copies of files the orchestrator owns: those are disposable
+        force = all(p.rstrip("/") in protected for p in leftovers)
+        self.orch.worktrees.remove(self.worktree, force=force)
 
     def _remove_worktree(self) -> None:
         # What is left uncommitted now can only be the agent's copies of files the orchestrator
@@ -466,6 +534,7 @@ class FeatureJob:
         while it runs."""
         o, cfg, f = self.orch, self.cfg, self.feature
         chain = agent_chain(cfg["agent.preferred"], cfg["agent.fallbackAgents"], f.agent)
+        self._clean_worktree = False
         while True:
             o.check_running(self.track)
             self.check_budgets()
@@ -637,6 +706,10 @@ class FeatureJob:
     def _commit_leftovers_sync(self, why: str) -> None:
         if git.merge_in_progress(self.worktree):
             git.abort_merge(self.worktree)
+        if not git.status(self.worktree):
+            # nothing to commit; and the merge that follows need not look at the worktree again
+            self._clean_worktree = True
+            return
         git.commit_all(self.worktree, f"orchestrator: commit changes left by the agent ({why})",
                        exclude=self.orch.protected_paths())
 

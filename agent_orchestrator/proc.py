@@ -23,6 +23,7 @@ TRUNCATION_MARKER = " …[line truncated: {n} bytes]"
 RUN_KILL_GRACE = 2.0
 PIPE_DRAIN_SECONDS = 2.0
 _GROUP_POLL = 0.02
+HOLD_CHECK_SECONDS = 0.01
 
 REPO_POINTING_GIT_VARS = frozenset({
     "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_INDEX_VERSION", "GIT_OBJECT_DIRECTORY",
@@ -188,11 +189,33 @@ def _collect(proc: subprocess.Popen, timeout: float | None,
     if proc.poll() is None:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            proc.wait(remaining)
+            _wait_exit(proc, remaining)
         except subprocess.TimeoutExpired:
             timed_out = True
             _stop_group_sync(proc, RUN_KILL_GRACE)
     return buffers[proc.stdout], buffers[proc.stderr], timed_out
+
+
+def _wait_exit(proc: subprocess.Popen, timeout: float | None) -> None:
+    """proc.wait(timeout), without its polling: with a timeout, Popen.wait sleeps in steps (from
+    0.5 ms, doubling), which costs every short command (a git call) a millisecond or more after
+    its pipes closed. A pidfd (Linux 5.3+) becomes readable the moment the child exits."""
+    if timeout is None or not hasattr(os, "pidfd_open"):
+        proc.wait(timeout)
+        return
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # already reaped, or pidfds not supported by the kernel
+        proc.wait(timeout)
+        return
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(pidfd, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    proc.wait()
 
 
 def _stop_group_sync(proc: subprocess.Popen, grace: float) -> None:
@@ -327,11 +350,17 @@ class AgentProcess:
         self._callback_error: BaseException | None = None
         self._stop_requested = False
         self._kill_task: asyncio.Task | None = None
+        self._hold_output: Callable[[], bool] | None = None
+        self._held = False
 
     @classmethod
     async def start(cls, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None,
                     on_stdout: Callable[[str], None], on_stderr: Callable[[str], None],
-                    max_line: int = 8 << 20) -> AgentProcess:
+                    max_line: int = 8 << 20,
+                    hold_output: Callable[[], bool] | None = None) -> AgentProcess:
+        """hold_output: checked after each chunk read; while it returns True the child's pipes
+        are not read (the child blocks writing, its output waits in the pipe): backpressure
+        from a consumer that fell behind, so memory does not grow with the output."""
         args = _check_argv(argv)
         binary = args[0]
         hint = (f"install '{binary}' or put its directory on PATH, or set its full path as the "
@@ -344,6 +373,7 @@ class AgentProcess:
         if not Path(cwd).is_dir():
             raise ProcessError(f"cannot start '{binary}': working directory {cwd} does not exist")
         self = cls(args, on_stdout, on_stderr, max_line)
+        self._hold_output = hold_output
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.subprocess_exec(
@@ -365,6 +395,27 @@ class AgentProcess:
     def _on_data(self, fd: int, data: bytes) -> None:
         self.last_output_at = self._clock()
         self._splitters[fd].feed(data)
+        if self._hold_output is not None and not self._held and self._hold_output():
+            self._set_held(True)
+
+    def _set_held(self, held: bool) -> None:
+        self._held = held
+        for fd in (1, 2):
+            pipe = self._transport.get_pipe_transport(fd) if self._transport else None
+            if pipe is not None and not pipe.is_closing():
+                (pipe.pause_reading if held else pipe.resume_reading)()
+        if held:
+            asyncio.get_running_loop().call_later(HOLD_CHECK_SECONDS, self._check_hold)
+
+    def _check_hold(self) -> None:
+        if not self._held:
+            return
+        # a held child is not stalled: its output is waiting in the pipe
+        self.last_output_at = self._clock()
+        if not self._exited.done() and self._hold_output is not None and self._hold_output():
+            asyncio.get_running_loop().call_later(HOLD_CHECK_SECONDS, self._check_hold)
+        else:
+            self._set_held(False)
 
     def _on_pipe_closed(self, fd: int) -> None:
         if fd not in self._open_pipes:

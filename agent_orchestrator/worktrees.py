@@ -62,7 +62,13 @@ class Worktrees:
         self.integration_dir = self.state_dir / "integration"
         self.symlink_dirs = [_shared_entry(d, "worktree.symlinkDirs") for d in symlink_dirs]
         self.copy_files = [_shared_entry(f, "worktree.copyFiles") for f in copy_files]
+        # git commands that add or remove worktrees read every worktree's administrative files
+        # and fail on one being added meanwhile ("failed to read .../commondir"): they run one
+        # at a time
         self._lock = threading.RLock()
+        self._common_dir: Path | None = None
+        # base branch -> the checkout merges went into last time, re-checked cheaply on each use
+        self._checkouts: dict[str, Path] = {}
 
     # ------------------------------------------------------------ queries
     def list(self) -> list[WorktreeInfo]:
@@ -82,11 +88,26 @@ class Worktrees:
     def create(self, name: str, branch: str, base: str) -> Path:
         """The worktree for `branch` (reused when one exists under the state dir), creating the
         branch from `base` when missing; shared dirs/files linked or copied in, never committable."""
+        return self.create_reporting(name, branch, base)[0]
+
+    def create_reporting(self, name: str, branch: str, base: str) -> tuple[Path, bool]:
+        """create(), and whether the branch was new: created from `base` just now, so without
+        any commit of its own."""
         target = self.path_for(name)
         if not git.valid_branch_name(branch):
             raise OrchestratorError(f"invalid branch name {branch!r} for worktree {name}")
+        self._exclude_state_dir()
+        if not (target.exists() or target.is_symlink()):
+            # The usual case, in one git call: a new branch from base in a new worktree. Anything
+            # unusual (the branch exists or is checked out elsewhere, base is missing, a stale
+            # registration) makes git refuse, and the careful way below sorts it out.
+            with self._lock:
+                done = git.git(self.project_root, "worktree", "add", "--quiet", "--no-track",
+                               "-b", branch, "--", str(target), git.check_ref(base), check=False)
+                if done.ok:
+                    self._share_files(target)
+                    return target, True
         with self._lock:
-            self._exclude_state_dir()
             existing = self._worktree_of(branch)
             if existing is not None:
                 if not self._owned(existing.path):
@@ -94,10 +115,11 @@ class Worktrees:
                         f"branch {branch} is checked out in {existing.path}",
                         f"switch that checkout to another branch so the daemon can use {branch}")
                 self._share_files(existing.path)
-                return existing.path
+                return existing.path, False
             if target.exists() or target.is_symlink():
                 self._refuse_foreign_dir(target)
-            if not git.branch_exists(self.project_root, branch):
+            new_branch = not git.branch_exists(self.project_root, branch)
+            if new_branch:
                 if git.rev_parse(self.project_root, base) is None:
                     raise GitError(f"base branch {base!r} does not exist in {self.project_root}",
                                    f"create it, e.g. `git branch {base}`, or set baseBranch")
@@ -105,7 +127,7 @@ class Worktrees:
             target.parent.mkdir(parents=True, exist_ok=True)
             git.git(self.project_root, "worktree", "add", "--quiet", "--", str(target), branch)
             self._share_files(target)
-            return target
+            return target, new_branch
 
     def _worktree_of(self, branch: str) -> WorktreeInfo | None:
         infos = self.list()
@@ -135,7 +157,9 @@ class Worktrees:
     def _exclude_state_dir(self) -> None:
         if self.project_root in self.state_dir.parents:
             rel = self.state_dir.relative_to(self.project_root).as_posix()
-            git.ensure_excluded(self.project_root, [f"/{rel}"])
+            if self._common_dir is None:
+                self._common_dir = git.common_dir(self.project_root)
+            git.ensure_excluded(self.project_root, [f"/{rel}"], common=self._common_dir)
 
     def _share_files(self, worktree: Path) -> None:
         shared = [(p, True) for p in self.symlink_dirs] + [(p, False) for p in self.copy_files]
@@ -169,15 +193,17 @@ class Worktrees:
         """Remove a worktree the daemon created. Refuses (OrchestratorError) when it has
         uncommitted changes, unless force."""
         path = Path(path)
-        with self._lock:
-            if not self._owned(path):
-                raise OrchestratorError(f"refusing to remove {path}: not a worktree of the daemon",
-                                        f"the daemon only removes worktrees under {self.state_dir}")
-            if not path.exists():
+        if not self._owned(path):
+            raise OrchestratorError(f"refusing to remove {path}: not a worktree of the daemon",
+                                    f"the daemon only removes worktrees under {self.state_dir}")
+        if not path.exists():
+            with self._lock:
                 self.prune()
-                return
+            return
+        with self._lock:
             if not force:
-                dirty = [p for p in git.dirty_paths(path) if p.rstrip("/") not in self._shared_names()]
+                dirty = [p for p in git.dirty_paths(path)
+                         if p.rstrip("/") not in self._shared_names()]
                 if dirty:
                     shown = ", ".join(dirty[:10]) + (" ..." if len(dirty) > 10 else "")
                     raise OrchestratorError(
@@ -187,8 +213,14 @@ class Worktrees:
                 link = path / rel
                 if link.is_symlink():
                     link.unlink()
+            # `worktree remove` deletes the worktree's administrative files too: no prune needed
             git.git(self.project_root, "worktree", "remove", "--force", "--", str(path))
-            self.prune()
+
+    def delete_branch(self, branch: str, *, merged_into: str) -> None:
+        """git.delete_branch, one at a time with worktree additions and removals: `git branch -D`
+        reads every worktree's administrative files too (is the branch checked out there?)."""
+        with self._lock:
+            git.delete_branch(self.project_root, branch, merged_into=merged_into)
 
     # ------------------------------------------------------------ integration checkout
     def integration_checkout(self, base: str, *, discard_changes: bool = False) -> Path:
@@ -198,27 +230,61 @@ class Worktrees:
         the user's checkout); otherwise a dirty one raises OrchestratorError."""
         if not git.valid_branch_name(base):
             raise OrchestratorError(f"invalid base branch {base!r}")
+        known = self._checkouts.get(base)
+        if known is not None:
+            # without the lock: this adds or removes no worktree (so it need not wait for one
+            # being added), and the checkout itself is the callers' to use one at a time (the
+            # orchestrator's merge lock)
+            try:
+                if self._still_checkout(known, base, discard_changes):
+                    return known
+            except GitError:
+                pass
         with self._lock:
-            if git.current_branch(self.project_root) == base:
-                return self.project_root
-            if not git.branch_exists(self.project_root, base):
-                raise GitError(f"base branch {base!r} does not exist in {self.project_root}",
-                               f"create it, e.g. `git branch {base} main`, or set baseBranch")
-            existing = self._worktree_of(base)
-            if existing is not None and existing.path.resolve() != self.integration_dir:
-                return existing.path
-            target = self.integration_dir
-            if existing is None and target.exists():
-                if git.is_repo(target) and git.toplevel(target).resolve() == target:
-                    self._switch_integration(target, base, discard_changes)
-                    return target
-                self._refuse_foreign_dir(target)
-            if existing is None:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._exclude_state_dir()
-                git.git(self.project_root, "worktree", "add", "--quiet", "--", str(target), base)
-            self._require_clean(target, discard_changes)
-            return target
+            self._checkouts.pop(base, None)
+            path = self._find_checkout(base, discard_changes)
+            self._checkouts[base] = path
+            return path
+
+    def _still_checkout(self, path: Path, base: str, discard_changes: bool) -> bool:
+        """Whether the checkout found last time still is the one to merge `base` into (two git
+        calls instead of five or more); a daemon-owned one is cleaned as _require_clean does."""
+        on_base = git.current_branch(self.project_root) == base
+        if path == self.project_root or on_base:
+            return path == self.project_root and on_base
+        if not path.is_dir():
+            return False
+        branch, entries = git.branch_status(path)
+        if branch != base:
+            return False
+        if path.resolve() == self.integration_dir:
+            if git.merge_in_progress(path):
+                git.abort_merge(path)
+                entries = git.status(path)
+            self._clean(path, [e.path for e in entries], discard_changes)
+        return True
+
+    def _find_checkout(self, base: str, discard_changes: bool) -> Path:
+        if git.current_branch(self.project_root) == base:
+            return self.project_root
+        if not git.branch_exists(self.project_root, base):
+            raise GitError(f"base branch {base!r} does not exist in {self.project_root}",
+                           f"create it, e.g. `git branch {base} main`, or set baseBranch")
+        existing = self._worktree_of(base)
+        if existing is not None and existing.path.resolve() != self.integration_dir:
+            return existing.path
+        target = self.integration_dir
+        if existing is None and target.exists():
+            if git.is_repo(target) and git.toplevel(target).resolve() == target:
+                self._switch_integration(target, base, discard_changes)
+                return target
+            self._refuse_foreign_dir(target)
+        if existing is None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._exclude_state_dir()
+            git.git(self.project_root, "worktree", "add", "--quiet", "--", str(target), base)
+        self._require_clean(target, discard_changes)
+        return target
 
     def _switch_integration(self, target: Path, base: str, discard_changes: bool) -> None:
         self._require_clean(target, discard_changes)
@@ -229,7 +295,9 @@ class Worktrees:
     def _require_clean(self, target: Path, discard_changes: bool) -> None:
         if git.merge_in_progress(target):
             git.abort_merge(target)
-        dirty = git.dirty_paths(target)
+        self._clean(target, git.dirty_paths(target), discard_changes)
+
+    def _clean(self, target: Path, dirty: list[str], discard_changes: bool) -> None:
         if not dirty:
             return
         if discard_changes:
@@ -245,6 +313,7 @@ class Worktrees:
         """Remove the daemon's integration worktree if it exists and is clean (frees the base
         branch so the user can check it out). True when removed."""
         with self._lock:
+            self._checkouts.clear()
             target = self.integration_dir
             if not target.exists():
                 self.prune()
