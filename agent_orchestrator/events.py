@@ -12,7 +12,6 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import OrchestratorError
@@ -39,31 +38,70 @@ class SubscriptionClosed(SubscriptionDropped):
     code = "subscription_closed"
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+_ENCODE_ASCII = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def encode_data(data: Any) -> str:
     """Compact one-line JSON; text that cannot be UTF-8 encoded (lone surrogates) is escaped."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+    text = _ENCODE(data)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            text = json.dumps(data, separators=(",", ":"), default=str)
+            text = _ENCODE_ASCII(data)
     return text
 
 
-@dataclass(slots=True)
 class Event:
-    id: int
-    type: str
-    data: dict
-    ts: float
-    session_id: int | None = None
-    data_json: str = field(default="", repr=False, compare=False)
+    """One event of the stream. `data_json` is its data encoded once (for the database and SSE).
 
-    def __post_init__(self) -> None:
-        if not self.data_json:
-            self.data_json = encode_data(self.data)
+    An event made from JSON (published with `data_json`, or read back from the database) does not
+    keep its data as objects: `data` decodes it on each access. The ring of 20,000 recent events
+    then holds one object per event instead of a tree of dicts, which keeps Python's cyclic
+    garbage collector's full passes short (they hold every thread while they run).
+    """
+
+    __slots__ = ("id", "type", "_data", "ts", "session_id", "data_json", "sse_frame", "cost")
+
+    def __init__(self, id: int, type: str, data: dict | None, ts: float,  # noqa: A002
+                 session_id: int | None = None, data_json: str = "", sse_frame: bytes | None = None):
+        self.id = id
+        self.type = type
+        self._data = data
+        self.ts = ts
+        self.session_id = session_id
+        if not data_json:
+            if data is None:
+                raise ValueError("an event needs its data or its data_json")
+            data_json = encode_data(data)
+        self.data_json = data_json
+        # the SSE frame, built once at publish time when clients are connected and shared by all
+        # of them (counted in the ring's bytes); replayed events build theirs on each call
+        self.sse_frame = sse_frame
+        self.cost = 0  # what it counts in the ring's byte budget (set when published)
+
+    @property
+    def data(self) -> dict:
+        data = self._data
+        return json.loads(self.data_json) if data is None else data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.id, self.type, self.ts, self.session_id, self.data) == \
+            (other.id, other.type, other.ts, other.session_id, other.data)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"Event(id={self.id!r}, type={self.type!r}, data={self.data!r}, ts={self.ts!r}, "
+                f"session_id={self.session_id!r})")
 
     def sse(self) -> bytes:
+        return self.sse_frame or self._frame()
+
+    def _frame(self) -> bytes:
         return f"id: {self.id}\nevent: {self.type}\ndata: {self.data_json}\n\n".encode("utf-8")
 
     def to_dict(self) -> dict:
@@ -73,7 +111,7 @@ class Event:
     @classmethod
     def from_row(cls, row: tuple) -> Event:
         event_id, type_, session_id, data_json, ts = row
-        return cls(int(event_id), type_, json.loads(data_json), float(ts), session_id, data_json)
+        return cls(int(event_id), type_, None, float(ts), session_id, data_json)
 
 
 class EventBus:
@@ -119,30 +157,48 @@ class EventBus:
 
     # publishing -----------------------------------------------------------------------------
 
-    def publish(self, type: str, data: dict, *, session_id: int | None = None) -> Event:
+    def publish(self, type: str, data: dict, *, session_id: int | None = None,
+                data_json: str | None = None) -> Event:
+        """`data_json`, when the caller already has it, must be exactly encode_data(data); the
+        event then keeps only the JSON (see Event)."""
         if type not in self._known_types:
             if not _TYPE_RE.match(type):
                 raise ValueError(f"invalid event type {type!r}")
             self._known_types.add(type)
-        payload = encode_data(data)
+        payload = data_json or encode_data(data)
         with self._lock:
-            self._last_id += 1
-            event = Event(self._last_id, type, data, self._clock(), session_id, payload)
-            self._ring.append(event)
-            self._ring_bytes += len(payload)
-            while len(self._ring) > self._ring_size or (
-                    self._ring_bytes > self._ring_bytes_max and len(self._ring) > 1):
-                self._ring_bytes -= len(self._ring.popleft().data_json)
+            self._last_id = event_id = self._last_id + 1
+            event = Event(event_id, type, None if data_json else data, self._clock(), session_id, payload)
+            subs = self._subs
+            if subs:
+                frame = event.sse_frame = f"id: {event_id}\nevent: {type}\ndata: {payload}\n\n".encode()
+                size = event.cost = len(payload) + len(frame)
+            else:
+                size = event.cost = len(payload)
+            ring = self._ring
+            if len(ring) >= self._ring_size:
+                self._ring_bytes -= ring.popleft().cost
+            ring.append(event)
+            self._ring_bytes += size
+            if self._ring_bytes > self._ring_bytes_max:
+                while self._ring_bytes > self._ring_bytes_max and len(ring) > 1:
+                    self._ring_bytes -= ring.popleft().cost
             if self._db is not None:
-                if len(self._pending) < self._max_pending:
-                    self._pending.append(event)
-                    waiting = len(self._pending)
-                    if waiting == 1 or waiting >= self._flush_at:
+                pending = self._pending
+                if len(pending) < self._max_pending:
+                    pending.append(event)
+                    waiting = len(pending)
+                    if waiting == 1 or waiting == self._flush_at:  # the writer checks again after a write
                         self._writer_cond.notify()
                 else:
                     self._lost += 1
-            if self._subs and not all([sub._offer(event) for sub in self._subs]):
-                self._subs = [sub for sub in self._subs if sub._active]
+            if subs:
+                gone = False
+                for sub in subs:
+                    if not sub._offer(event):
+                        gone = True
+                if gone:
+                    self._subs = [sub for sub in subs if sub._active]
         return event
 
     # replay ---------------------------------------------------------------------------------
@@ -291,17 +347,22 @@ class EventBus:
 
 
 class Subscription:
-    """One consumer (an SSE client). get() is called from one thread."""
+    """One consumer (an SSE client). Either get() is called from one thread (it waits), or the
+    consumer registers a callback with set_on_ready() and drains the queue with poll()."""
 
     def __init__(self, bus: EventBus, *, cursor: int | None, live_start: int, max_queue: int):
         self._bus = bus
-        self._cond = threading.Condition()
+        # _offer takes the bare lock (cheap) and signals the condition only when get() waits
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = False
         self._queue: deque[Event] = deque()
         self._max_queue = max(1, int(max_queue))
         self._cursor = cursor
         self._live_start = live_start
         self._dropped = False
         self._closed = False
+        self._on_ready: Callable[[], None] | None = None
         self.last_id = (cursor - 1) if cursor is not None else live_start - 1
 
     @property
@@ -316,24 +377,38 @@ class Subscription:
     def _active(self) -> bool:
         return not (self._dropped or self._closed)
 
+    @property
+    def replaying(self) -> bool:
+        """True while get() still has missed events (before the live ones) to return."""
+        return self._cursor is not None
+
+    def _signal(self) -> None:
+        """Wake the consumer; called with the lock held."""
+        self._waiting = False
+        if self._on_ready is not None:
+            self._on_ready()
+        else:
+            self._cond.notify_all()
+
     def _offer(self, event: Event) -> bool:
-        with self._cond:
-            if not self._active:
+        with self._lock:
+            if self._dropped or self._closed:
                 return False
             if len(self._queue) >= self._max_queue:
                 self._dropped = True
                 self._queue.clear()
-                self._cond.notify_all()
+                self._signal()
                 return False
             self._queue.append(event)
-            self._cond.notify()
+            if self._waiting:
+                self._signal()
             return True
 
     def _shutdown(self) -> None:
         with self._cond:
             self._closed = True
             self._queue.clear()
-            self._cond.notify_all()
+            self._signal()
 
     def _raise_if_inactive(self) -> None:
         if self._dropped:
@@ -357,10 +432,37 @@ class Subscription:
             self._cursor = None
         with self._cond:
             if not self._queue and self._active:
+                self._waiting = True
                 self._cond.wait(timeout)
+                self._waiting = False
             self._raise_if_inactive()
             batch = list(self._queue)
             self._queue.clear()
+        if batch:
+            self.last_id = batch[-1].id
+        return batch
+
+    def set_on_ready(self, callback: Callable[[], None]) -> None:
+        """Instead of waiting in get(): `callback()` is called when an event arrives after poll()
+        found the queue empty, and when the subscription is dropped or closed. It is called from
+        the publishing thread with the bus's locks held, so it must only signal (no I/O that can
+        block, no call back into the bus). It is called once now when something is already due."""
+        if self.replaying:
+            raise RuntimeError("set_on_ready() after the replay: call get() until replaying is False")
+        with self._lock:
+            self._on_ready = callback
+            due = bool(self._queue) or not self._active
+            self._waiting = not due
+        if due:
+            callback()
+
+    def poll(self) -> list[Event]:
+        """The live events queued now, without waiting (see set_on_ready). Raises like get()."""
+        with self._lock:
+            self._raise_if_inactive()
+            batch = list(self._queue)
+            self._queue.clear()
+            self._waiting = True
         if batch:
             self.last_id = batch[-1].id
         return batch

@@ -14,6 +14,7 @@ from . import proc
 from .agents import get_adapter
 from .agents.base import AgentRequest, RunOutcome
 from .errors import AgentUnavailable
+from .events import encode_data
 from .failures import Failure, classify
 from .recovery import OWNER_ENV
 from .states import SessionStatus
@@ -82,6 +83,10 @@ class SessionRunner:
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         stderr_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
+        # the JSON of every output event of this session starts the same way: encoded once, and
+        # each event's JSON is appended to it (exactly what encode_data gives for the whole dict)
+        head = encode_data({"session_id": sid, "feature_id": feature_id, "track": track})[:-1] + ',"event":'
+
         def emit(events) -> None:
             nonlocal stored, truncated
             for ev in events:
@@ -92,19 +97,28 @@ class SessionRunner:
                 if self.on_event is not None:
                     self.on_event(agent, ev)
                 if ev.kind in ("text", "error", "raw", "result") and ev.text:
-                    tail.extend(_cut(line, TAIL_LINE_CHARS)
-                                for line in ev.text[-TAIL_CHARS:].splitlines()[-TAIL_LINES:])
+                    lines = ev.text[-TAIL_CHARS:].splitlines()
+                    if len(lines) == 1 and len(lines[0]) <= TAIL_LINE_CHARS:
+                        tail.append(lines[0])  # the common case: one short line
+                    else:
+                        tail.extend(_cut(line, TAIL_LINE_CHARS) for line in lines[-TAIL_LINES:])
                 if truncated:
                     continue
-                data = _cut_strings(ev.to_dict(), EVENT_TEXT_CHARS)
-                size = len(data.get("text") or "") + len(str(data.get("data") or ""))
+                data = {"kind": ev.kind, "text": ev.text, "data": ev.data}
+                encoded = encode_data(data)
+                if len(encoded) > EVENT_TEXT_CHARS:  # else no string in it can be longer
+                    data = _cut_strings(data, EVENT_TEXT_CHARS)
+                    encoded = encode_data(data)
+                size = len(encoded)
                 if stored + size > cap:
                     truncated = True
                     data = {"kind": "notice", "text": f"output truncated: more than {cap} bytes; "
                             "the rest of this session's output is not kept", "data": {}}
+                    encoded = encode_data(data)
                 stored += size
                 self.bus.publish("output", {"session_id": sid, "feature_id": feature_id,
-                                            "track": track, "event": data}, session_id=sid)
+                                            "track": track, "event": data}, session_id=sid,
+                                 data_json=f"{head}{encoded}}}")
 
         def on_stdout(line: str) -> None:
             emit(parser.feed(line))
