@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import inspect
+import json
+import os
+import threading
 import time
 from typing import Any, Callable
 
 from . import __version__
 from .errors import Conflict, NotFound, UsageError
+from .features import parse_features
 from .metrics import render_metrics
 from .scheduler import route, waiting_on
 from .states import FEATURE_STATUSES, SessionPhase, SessionStatus
@@ -26,6 +31,11 @@ SESSION_SUMMARY_KEYS = (
 USER_SETTABLE_STATUSES = ("open", "passed", "failed", "blocked")
 MAX_PAGE = 500
 MAX_EVENTS_PAGE = 1000
+
+
+def json_body(payload: Any) -> bytes:
+    """A JSON response body, exactly as the server encodes one."""
+    return json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
 
 
 def _int_arg(value: Any, name: str, *, default: int, low: int, high: int | None = None) -> int:
@@ -86,6 +96,11 @@ class Api:
         self._call_timeout = call_timeout
         self._clock = clock
         self._eta_cache: tuple[float, float | None] | None = None
+        self._features_cache: tuple[tuple, list] | None = None
+        self._counts_cache: tuple[tuple, tuple] | None = None
+        self._features_json: tuple[tuple, bytes] | None = None
+        self._item_json: dict[int, tuple[dict, str]] = {}
+        self._features_lock = threading.Lock()
 
     # ----------------------------------------------------------------- plumbing
     def _on_loop(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
@@ -115,7 +130,31 @@ class Api:
         return self.orchestrator
 
     def _features(self) -> list:
-        return list(self.project.store.load())
+        return list(self._feature_state()[1])
+
+    def _feature_state(self) -> tuple[tuple, list]:
+        """(version, features) of features.json as it is now. Parsed once per version of the file
+        (2,000 features take ~20 ms to parse and validate) and read-only: unlike store.load() it
+        leaves the store's merge base to the orchestrator."""
+        store = self.project.store
+        path = store.path
+        try:
+            with open(path, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                data = handle.read()
+        except OSError:
+            return ("unreadable", time.monotonic()), list(store.load())  # the store says what is wrong
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, hashlib.blake2b(data, digest_size=16).digest())
+        cached = self._features_cache
+        if cached is not None and cached[0] == key:
+            return cached
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return ("unreadable", time.monotonic()), list(store.load())
+        state = (key, parse_features(text, source=str(path)).features)
+        self._features_cache = state
+        return state
 
     def _find_feature(self, feature_id: int) -> Any:
         for feature in self._features():
@@ -168,14 +207,19 @@ class Api:
         return snap
 
     def _feature_counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-        counts = {status: 0 for status in FEATURE_STATUSES}
-        per_track: dict[str, dict[str, int]] = {name: dict.fromkeys(FEATURE_STATUSES, 0)
-                                                for name in self._track_names()}
-        for feature in self._features():
-            counts[feature.status] = counts.get(feature.status, 0) + 1
-            bucket = per_track.setdefault(self._route(feature), dict.fromkeys(FEATURE_STATUSES, 0))
-            bucket[feature.status] = bucket.get(feature.status, 0) + 1
-        return counts, per_track
+        key, features = self._feature_state()
+        cached = self._counts_cache
+        if cached is None or cached[0] != key:
+            counts = {status: 0 for status in FEATURE_STATUSES}
+            per_track: dict[str, dict[str, int]] = {name: dict.fromkeys(FEATURE_STATUSES, 0)
+                                                    for name in self._track_names()}
+            for feature in features:
+                counts[feature.status] = counts.get(feature.status, 0) + 1
+                bucket = per_track.setdefault(self._route(feature), dict.fromkeys(FEATURE_STATUSES, 0))
+                bucket[feature.status] = bucket.get(feature.status, 0) + 1
+            cached = self._counts_cache = (key, (counts, per_track))
+        counts, per_track = cached[1]
+        return dict(counts), {track: dict(c) for track, c in per_track.items()}
 
     def _complete_snapshot(self, snap: dict) -> None:
         """Fill what the dashboard shows and the orchestrator's snapshot may leave out."""
@@ -234,18 +278,48 @@ class Api:
                 "running_sessions": [session_summary(r) for r in running],
                 "started_at": None, "eta_seconds": None}
 
+    def _feature_item(self, feature: Any, latest: dict | None, by_id: dict) -> dict:
+        """One feature of GET /api/features."""
+        item = feature_to_dict(feature)
+        item["route_track"] = self._route(feature)
+        item["latest_session"] = session_summary(latest)
+        item["waiting_on"] = waiting_on(feature, by_id) if feature.status == "open" else []
+        return item
+
     def features(self) -> dict:
         latest = self.project.db.latest_session_by_feature()
         features = self._features()
         by_id = {f.id: f for f in features}
-        items = []
-        for feature in features:
-            item = feature_to_dict(feature)
-            item["route_track"] = self._route(feature)
-            item["latest_session"] = session_summary(latest.get(feature.id))
-            item["waiting_on"] = waiting_on(feature, by_id) if feature.status == "open" else []
-            items.append(item)
+        items = [self._feature_item(feature, latest.get(feature.id), by_id) for feature in features]
         return {"features": items, "count": len(items)}
+
+    def features_json(self) -> bytes:
+        """GET /api/features as sent: exactly json_body(features()) - 2 MB with 2,000 features.
+        Kept while neither features.json nor the sessions change; after a change the items are
+        made again but only those that differ are encoded again (encoding is most of the work)."""
+        key, features = self._feature_state()
+        version = (key, self.project.db.sessions_version())
+        with self._features_lock:
+            cached = self._features_json
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            latest = self.project.db.latest_session_by_feature()
+            by_id = {f.id: f for f in features}
+            before = self._item_json
+            kept: dict[int, tuple[dict, str]] = {}
+            parts = []
+            for feature in features:
+                item = self._feature_item(feature, latest.get(feature.id), by_id)
+                old = before.get(feature.id)
+                text = old[1] if old is not None and old[0] == item else json.dumps(item, ensure_ascii=False,
+                                                                                     default=str)
+                kept[feature.id] = (item, text)
+                parts.append(text)
+            # the separators json.dumps uses by default: this is json_body(features())
+            body = ('{"features": [' + ", ".join(parts) + f'], "count": {len(parts)}}}').encode("utf-8")
+            self._item_json = kept
+            self._features_json = (version, body)
+            return body
 
     def feature(self, feature_id: int) -> dict:
         feature = self._find_feature(feature_id)
@@ -371,4 +445,4 @@ class Api:
             self._on_loop(self.orchestrator.wake)
 
 
-__all__ = ["Api", "feature_to_dict", "session_summary"]
+__all__ = ["Api", "feature_to_dict", "json_body", "session_summary"]

@@ -38,7 +38,7 @@ def raw_user_version(path) -> int:
 def test_migrates_empty_file_and_reopens(tmp_path):
     path = tmp_path / "state" / "orchestrator.db"
     database = Database(path)
-    assert database.schema_version == SCHEMA_VERSION == 1
+    assert database.schema_version == SCHEMA_VERSION == len(dbmod.MIGRATIONS)
     sid = new_session(database)
     database.close()
     assert raw_user_version(path) == SCHEMA_VERSION
@@ -63,19 +63,108 @@ def test_wal_and_pragmas(db):
 
 def test_migrations_run_in_order_from_an_older_version(tmp_path, monkeypatch):
     calls = []
+    real = list(dbmod.MIGRATIONS)
+    nxt = len(real) + 1
 
-    def v2(conn):
-        calls.append(2)
+    def extra(conn):
+        calls.append(nxt)
         conn.execute("ALTER TABLE sessions ADD COLUMN extra TEXT")
 
     path = tmp_path / "o.db"
     Database(path).close()
-    monkeypatch.setattr(dbmod, "MIGRATIONS", [dbmod._migrate_v1, v2])
-    monkeypatch.setattr(dbmod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(dbmod, "MIGRATIONS", real + [extra])
+    monkeypatch.setattr(dbmod, "SCHEMA_VERSION", nxt)
     database = Database(path)
     database.close()
-    assert calls == [2]
-    assert raw_user_version(path) == 2
+    assert calls == [nxt]
+    assert raw_user_version(path) == nxt
+
+
+def scanned_totals(db: Database) -> dict:
+    """What the totals are, computed from every session row (what the triggers must keep)."""
+    with db._locked() as conn:
+        rows = conn.execute("SELECT agent, track, feature_id, status, COUNT(*), TOTAL(cost_usd),"
+                            " COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
+                            " TOTAL(ended_at - started_at) FROM sessions"
+                            " GROUP BY agent, track, feature_id, status").fetchall()
+        kept = conn.execute("SELECT agent, track, feature_id, status, sessions, cost_usd, input_tokens,"
+                            " output_tokens, seconds FROM session_totals").fetchall()
+    def norm(rs):
+        return {tuple(r[:4]): (r[4], round(r[5], 9), r[6], r[7], round(r[8], 9)) for r in rs}
+    return norm(rows), norm(kept)
+
+
+def test_v2_keeps_session_totals_and_upgrades_a_v1_history(tmp_path, monkeypatch):
+    path = tmp_path / "o.db"
+    monkeypatch.setattr(dbmod, "MIGRATIONS", [dbmod._migrate_v1])
+    monkeypatch.setattr(dbmod, "SCHEMA_VERSION", 1)
+    old = Database(path)
+    for i in range(30):
+        sid = new_session(old, feature_id=i % 4, agent=("claude", "codex")[i % 2], started_at=100.0 + i)
+        if i % 3:
+            old.update_session(sid, status="succeeded", cost_usd=0.1 * i, input_tokens=10 * i,
+                               output_tokens=i, ended_at=110.0 + 2 * i)
+    with old._locked() as conn:
+        before = tuple(conn.execute("SELECT COUNT(*), TOTAL(cost_usd), SUM(input_tokens) FROM sessions").fetchone())
+    old.close()
+    monkeypatch.undo()
+
+    db = Database(path)  # the upgrade fills the totals from the sessions already recorded
+    try:
+        assert db.schema_version == SCHEMA_VERSION
+        t = db.totals()
+        assert (t["sessions"], t["cost_usd"], t["input_tokens"]) == (before[0], round(before[1], 6), before[2])
+        scanned, kept = scanned_totals(db)
+        assert scanned == kept
+        import random
+        rng = random.Random(7)
+        ids = [new_session(db, feature_id=rng.randint(0, 5), track=rng.choice(["core", "ui"]),
+                           agent=rng.choice(["claude", "gemini"])) for _ in range(40)]
+        for _ in range(120):
+            db.update_session(rng.choice(ids), status=rng.choice(["running", "succeeded", "failed"]),
+                              cost_usd=rng.choice([None, 0.01 * rng.randint(0, 300)]),
+                              input_tokens=rng.randint(0, 9999), ended_at=rng.choice([None, 500.0]))
+        db.mark_interrupted(900.0)
+        scanned, kept = scanned_totals(db)
+        assert scanned == kept
+        assert db.totals()["sessions"] == 70
+    finally:
+        db.close()
+
+
+def test_latest_session_by_feature_follows_every_write(db):
+    import random
+    rng = random.Random(3)
+    ids = []
+    for _ in range(200):
+        if not ids or rng.random() < 0.4:
+            ids.append(new_session(db, feature_id=rng.randint(1, 12), phase=rng.choice(["implement", "verify"])))
+        else:
+            db.update_session(rng.choice(ids), status=rng.choice(["succeeded", "failed"]),
+                              cost_usd=rng.random(), final_text=str(rng.random()))
+        got = db.latest_session_by_feature()
+        with db._locked() as conn:
+            rows = conn.execute("SELECT * FROM sessions WHERE id IN"
+                                " (SELECT MAX(id) FROM sessions GROUP BY feature_id)").fetchall()
+        expected = {r["feature_id"]: {k: v for k, v in dbmod._row_dict(r).items() if k != "prompt"} for r in rows}
+        assert got == expected
+        got[1] = "changed by a caller"  # the result is the caller's own copy
+        assert db.latest_session_by_feature().get(1) != "changed by a caller"
+
+
+def test_results_cached_until_the_sessions_change_even_from_another_connection(db):
+    sid = new_session(db, feature_id=1)
+    assert db.totals()["sessions"] == 1 and db.list_sessions()[1] == 1
+    assert db.latest_session_by_feature()[1]["id"] == sid
+    other = sqlite3.connect(db.path)  # e.g. someone fixing the history by hand
+    other.execute("DELETE FROM sessions")
+    other.commit()
+    other.close()
+    assert db.totals()["sessions"] == 0 and db.list_sessions()[1] == 0
+    assert db.latest_session_by_feature() == {}
+    new_session(db, feature_id=2)
+    assert db.totals()["by_feature"] == {2: db.totals()["by_feature"][2]}
+    assert db.list_sessions(feature_id=2)[1] == 1
 
 
 def test_newer_schema_is_refused_with_a_clear_message(tmp_path):
