@@ -64,9 +64,12 @@ def read_daemon_file(project_root: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _bind(api: Api, bus: Any, *, token: str, host: str, port: int) -> WebServer:
+def _bind(api: Api, bus: Any, *, token: str, host: str, port: int,
+          loop: asyncio.AbstractEventLoop | None = None) -> WebServer:
     try:
-        return WebServer(api, bus, token=token, host=host, port=port)
+        # the live event streams are written from the orchestrator's loop: the thread that
+        # publishes the agents' output (see sse_hub.SseHub)
+        return WebServer(api, bus, token=token, host=host, port=port, loop=loop)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise UsageError(f"port {port} on {host} is already in use",
@@ -145,7 +148,7 @@ async def _main(root: Path, *, host: str, port: int, autostart: bool, shutdown: 
                             project_name=project.config["projectName"])
         notifier.start()
         api = Api(project, orchestrator, loop=loop, notifier=notifier)
-        web = _bind(api, project.bus, token=token, host=host, port=port)
+        web = _bind(api, project.bus, token=token, host=host, port=port, loop=loop)
         web.heartbeat = heartbeat
         write_daemon_file(project.state_dir, {"pid": os.getpid(), "command": "start", "host": host,
                                               "port": web.port, "url": web.url, "started_at": time.time()})

@@ -6,6 +6,7 @@ own thread. Handlers call `api.Api`; errors from errors.py become `{"error": {co
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -24,6 +25,7 @@ import agent_orchestrator
 
 from .errors import OrchestratorError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .sse_hub import SseHub, session_events
 
 log = logging.getLogger("agent_orchestrator.server")
 
@@ -137,7 +139,8 @@ class WebServer:
 
     def __init__(self, api: Any, bus: Any, *, token: str, host: str = "127.0.0.1", port: int = 3001,
                  static_root: Path | None = None, heartbeat: float = 15.0, max_body: int = MAX_BODY,
-                 sse_queue: int = 5000, socket_timeout: float = 30.0):
+                 sse_queue: int = 5000, socket_timeout: float = 30.0,
+                 loop: asyncio.AbstractEventLoop | None = None):
         self.api = api
         self.bus = bus
         self.token = token
@@ -158,6 +161,7 @@ class WebServer:
         handler = type("Handler", (_Handler,), {"timeout": socket_timeout})
         self.httpd = server_cls((host.strip("[]"), port), handler)
         self.httpd.web = self
+        self.hub = SseHub(self, loop)
         self.port: int = self.httpd.server_address[1]
         self.allowed_hosts = self._allowed_hosts()
 
@@ -209,6 +213,7 @@ class WebServer:
             subs = list(self._subs)
         for sub in subs:
             sub.close()
+        self.hub.close()
         if self._thread is not None:
             self.httpd.shutdown()
             self._thread.join(timeout=10)
@@ -268,6 +273,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        try:  # no Nagle delay: a response or an SSE batch leaves as soon as it is written
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (e.g. a socketpair in a test)
         self.server.web.add_conn(self.connection)
 
     def finish(self) -> None:
@@ -453,6 +462,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
         self._send_bytes(status, body, "application/json; charset=utf-8", headers)
 
+    def _send_json_body(self, body: bytes) -> None:
+        self._send_bytes(200, body, "application/json; charset=utf-8")
+
     def _send_error(self, exc: OrchestratorError, headers: dict[str, str] | None = None) -> None:
         payload = exc.to_json()
         payload["error"].setdefault("hint", None)
@@ -485,7 +497,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(self.web.api.status())
 
     def h_features(self) -> None:
-        self._send_json(self.web.api.features())
+        api = self.web.api
+        if hasattr(api, "features_json"):
+            self._send_json_body(api.features_json())
+        else:
+            self._send_json(api.features())
 
     def h_feature(self, id: int) -> None:  # noqa: A002
         self._send_json(self.web.api.feature(id))
@@ -554,25 +570,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"id: {current}\nevent: reset\ndata: {{\"last_id\": {current}}}\n\n".encode())
             self.wfile.flush()
             last_write = time.monotonic()
-            while not web.closing.is_set():
-                wait = max(0.0, last_write + web.heartbeat - time.monotonic())
+            # the missed events (from the ring or the database) are sent from this thread ...
+            while sub.replaying and not web.closing.is_set():
                 try:
-                    events = sub.get(timeout=wait)
+                    events = sub.get(timeout=0)
                 except SubscriptionDropped as exc:
                     if not web.closing.is_set() and sub.dropped:
                         log.info("SSE client %s dropped: %s", self.address_string(), exc.message)
-                    break
+                    return
                 if only_session is not None:
-                    events = [e for e in events if e.session_id == only_session
-                              or (e.type == "session" and e.data.get("id") == only_session)]
+                    events = session_events(events, only_session)
                 if events:
-                    self.wfile.write(b"".join(e.sse() for e in events))
-                elif time.monotonic() - last_write >= web.heartbeat:
-                    self.wfile.write(b": heartbeat\n\n")
-                else:
-                    continue
-                self.wfile.flush()
-                last_write = time.monotonic()
+                    self.wfile.write(b"".join([e.sse() for e in events]))
+                    last_write = time.monotonic()
+            # ... then the live ones by the hub, while this thread waits for the stream to end
+            if not web.closing.is_set():
+                sub.close()  # the hub has its own subscription for every client
+                stream = web.hub.attach(self.connection, sub.last_id, only_session, last_write,
+                                        self.address_string())
+                web.hub.wait(stream)
         except (BrokenPipeError, ConnectionResetError, TimeoutError, socket.timeout):
             log.debug("SSE client %s went away", self.address_string())
         finally:

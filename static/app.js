@@ -185,8 +185,10 @@ async function boot() {
   // from the snapshot, so replayed non-output events older than it are ignored.
   snapshotLastId = (store.status && store.status.last_event_id) || 0;
   live.start(Math.max(0, snapshotLastId - 2000));
-  await refreshFeatures();
+  // The view is shown at once; the backlog (megabytes with thousands of features) follows, and
+  // the features view draws it when it arrives.
   route();
+  refreshFeatures();
 }
 
 boot();

@@ -81,13 +81,36 @@ export function mount(root, { api, store }) {
     parts.meta.textContent = [parts.agent, elapsed ? `${elapsed} in phase` : null, parts.counts].filter(Boolean).join(' · ');
   }
 
+  // Lines are added once per frame, card by card: a burst of output (or the replay of the recent
+  // past when the page opens) costs one layout per card, not one per line.
+  const pending = new Map(); // parts -> [line]
+  let frame = 0;
+
   function addLine(parts, line) {
-    const rendered = tailLine(line.event);
-    if (!rendered || !rendered.text) return;
-    const stick = parts.tail.scrollHeight - parts.tail.scrollTop - parts.tail.clientHeight < 40;
-    parts.tail.append(el('div', { class: `line ${rendered.cls}`, text: rendered.text.length > 2000 ? `${rendered.text.slice(0, 2000)}…` : rendered.text }));
-    while (parts.tail.childElementCount > SHOWN_LINES) parts.tail.firstElementChild.remove();
-    if (stick) parts.tail.scrollTop = parts.tail.scrollHeight;
+    let lines = pending.get(parts);
+    if (!lines) { lines = []; pending.set(parts, lines); }
+    lines.push(line);
+    if (lines.length > SHOWN_LINES * 2) lines.splice(0, lines.length - SHOWN_LINES);
+    if (!frame) frame = requestAnimationFrame(flushLines);
+  }
+
+  function flushLines() {
+    frame = 0;
+    for (const [parts, lines] of pending) {
+      const frag = document.createDocumentFragment();
+      for (const line of lines.slice(-SHOWN_LINES)) {
+        const rendered = tailLine(line.event);
+        if (!rendered || !rendered.text) continue;
+        frag.append(el('div', { class: `line ${rendered.cls}`, text: rendered.text.length > 2000 ? `${rendered.text.slice(0, 2000)}…` : rendered.text }));
+      }
+      if (!frag.childNodes.length) continue;
+      const tail = parts.tail;
+      const stick = tail.scrollHeight - tail.scrollTop - tail.clientHeight < 40;
+      tail.append(frag);
+      while (tail.childElementCount > SHOWN_LINES) tail.firstElementChild.remove();
+      if (stick) tail.scrollTop = tail.scrollHeight;
+    }
+    pending.clear();
   }
 
   async function togglePause(name) {
@@ -112,5 +135,5 @@ export function mount(root, { api, store }) {
   renderTotals();
   renderCards();
   if (!store.status) cards.append(el('p', { class: 'muted placeholder', text: 'loading…' }));
-  return { unmount() { off(); clearInterval(timer); } };
+  return { unmount() { off(); clearInterval(timer); if (frame) cancelAnimationFrame(frame); } };
 }

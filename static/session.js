@@ -227,6 +227,9 @@ export function mount(root, { api, params }) {
   }
 
   async function load() {
+    // the first page of events is asked for together with the session
+    const firstPage = api.get(`/api/sessions/${sessionId}/events?after=0&limit=${PAGE}`);
+    firstPage.catch(() => {}); // a missing session is reported below
     try {
       session = (await api.get(`/api/sessions/${sessionId}`)).session;
     } catch (err) {
@@ -241,7 +244,7 @@ export function mount(root, { api, params }) {
       if (disposed) return;
       let page;
       try {
-        page = await api.get(`/api/sessions/${sessionId}/events?after=${after}&limit=${PAGE}`);
+        page = await (after === 0 ? firstPage : api.get(`/api/sessions/${sessionId}/events?after=${after}&limit=${PAGE}`));
       } catch (err) {
         toast(err.message, 'error', err.hint);
         break;

@@ -546,6 +546,40 @@ def test_api_without_a_daemon_reads_the_project_files(project):
         proj.close()
 
 
+def test_features_json_is_the_encoded_features_through_every_change(project):
+    """GET /api/features is kept and partly re-encoded between changes: it must always be
+    byte for byte what encoding features() gives, and follow features.json and the sessions."""
+    from agent_orchestrator.api import Api, json_body
+    from agent_orchestrator.project import Project
+
+    proj = Project.open(project, lock=False)
+    try:
+        api = Api(proj)
+        db = proj.db
+
+        def check():
+            body = api.features_json()
+            assert body == json_body(api.features())
+            return json.loads(body)
+
+        assert [f["latest_session"] for f in check()["features"]] == [None, None, None]
+        sid = db.create_session(feature_id=2, track="core", phase="implement", agent="claude", attempt=1,
+                                prompt="p", cwd="/tmp", started_at=1.0)
+        assert check()["features"][1]["latest_session"]["id"] == sid
+        db.update_session(sid, status="failed", error="bad é 😀", cost_usd=0.5)
+        assert check()["features"][1]["latest_session"]["status"] == "failed"
+        time.sleep(0.01)
+        doc = json.loads((project / "features.json").read_text())
+        doc["features"][0]["description"] = "changed by hand, ünïcode"
+        doc["features"].append(feature(9, category="ui"))
+        (project / "features.json").write_text(json.dumps(doc, indent=2))
+        got = check()
+        assert got["count"] == 4 and got["features"][0]["description"].startswith("changed by hand")
+        assert api.features_json() is api.features_json()  # nothing changed: the same bytes
+    finally:
+        proj.close()
+
+
 def test_shutdown_closes_idle_keep_alive_connections(project):
     d = Daemon(project).start()
     conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
@@ -569,15 +603,3 @@ def test_metrics_is_prometheus_text(daemon):
     assert sample(families, "ao_features", status="open") == 3
     assert sample(families, "ao_queue_length", track="core") == 2
     assert sample(families, "ao_state", state="idle") == 1
-
-
-def test_features_say_what_a_waiting_feature_waits_for(git_repo, fakes_on_path):
-    repo = make_project(git_repo, [feature(1), feature(2, dependsOn=[1]),
-                                   feature(3, dependsOn=[1, 2], status="passed")])
-    d = Daemon(repo).start()
-    try:
-        _, _, body = d.request("GET", "/api/features")
-        waits = {f["id"]: f["waiting_on"] for f in body["features"]}
-        assert waits == {1: [], 2: [1], 3: []}
-    finally:
-        d.stop()
