@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("status", "feature", "session", "output", "track", "merge", "notice")
 REPLAY_PAGE = 1000
+UNSAVED_FLUSH_BYTES = 4 << 20    # the writer writes at once beyond this
+BACKLOG_PAUSE_BYTES = 16 << 20   # agents' output is not read beyond this (sessions.py)
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")
 
 
@@ -139,6 +141,7 @@ class EventBus:
         self._ring: deque[Event] = deque()
         self._ring_bytes = 0
         self._pending: deque[Event] = deque()
+        self._unsaved_bytes = 0  # JSON of the events published and not written yet
         self._inflight: list[Event] = []
         self._subs: list[Subscription] = []
         self._known_types = set(EVENT_TYPES)
@@ -187,8 +190,10 @@ class EventBus:
                 pending = self._pending
                 if len(pending) < self._max_pending:
                     pending.append(event)
+                    self._unsaved_bytes += len(payload)
                     waiting = len(pending)
-                    if waiting == 1 or waiting == self._flush_at:  # the writer checks again after a write
+                    if waiting == 1 or waiting == self._flush_at or \
+                            self._unsaved_bytes > UNSAVED_FLUSH_BYTES:
                         self._writer_cond.notify()
                 else:
                     self._lost += 1
@@ -273,7 +278,8 @@ class EventBus:
                 while not self._pending and not self._closed:
                     self._writer_cond.wait()
                 deadline = time.monotonic() + (backoff or self._flush_interval)
-                while not self._closed and (backoff or len(self._pending) < self._flush_at):
+                while not self._closed and (backoff or (len(self._pending) < self._flush_at
+                                                        and self._unsaved_bytes <= UNSAVED_FLUSH_BYTES)):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -314,6 +320,7 @@ class EventBus:
                 return False
             with self._lock:
                 self._inflight = []
+                self._unsaved_bytes -= sum(len(e.data_json) for e in batch)
                 self._flushed_id = max(self._flushed_id, batch[-1].id)
                 recovered, self._failing = self._failing, False
                 lost, self._lost = self._lost, 0
@@ -325,6 +332,13 @@ class EventBus:
             log.warning(message)
             self.publish("notice", {"level": "warning", "message": message})
         return True
+
+    def backlog_bytes(self) -> int:
+        """JSON bytes of the events published and not in the database yet, while the writer
+        works (0 while the database refuses them: then events are dropped beyond max_pending, as
+        before, rather than holding the agents). Agent output readers pause above
+        BACKLOG_PAUSE_BYTES (sessions.py), so memory does not grow with the output."""
+        return 0 if self._failing else self._unsaved_bytes
 
     def flush(self) -> bool:
         """Write every pending event now; False when the database refused them (reported)."""

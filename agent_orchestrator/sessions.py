@@ -14,7 +14,7 @@ from . import proc
 from .agents import get_adapter
 from .agents.base import AgentRequest, RunOutcome
 from .errors import AgentUnavailable
-from .events import encode_data
+from .events import BACKLOG_PAUSE_BYTES, encode_data
 from .failures import Failure, classify
 from .recovery import OWNER_ENV
 from .states import SessionStatus
@@ -132,7 +132,8 @@ class SessionRunner:
                 argv = self.sandbox(argv, request.cwd)
             child = await proc.AgentProcess.start(argv, cwd=request.cwd, env=env,
                                                   on_stdout=on_stdout, on_stderr=on_stderr,
-                                                  max_line=MAX_LINE_BYTES)
+                                                  max_line=MAX_LINE_BYTES,
+                                                  hold_output=self._output_backlog)
         except AgentUnavailable as exc:
             self.db.update_session(sid, status=SessionStatus.FAILED.value, ended_at=self.clock(),
                                    error=exc.message, failure_category="unavailable",
@@ -174,6 +175,11 @@ class SessionRunner:
                               category=failure.category if failure else None,
                               cost_usd=outcome.cost_usd)
         return SessionResult(sid, agent, outcome, failure, info.reason, list(tail))
+
+    def _output_backlog(self) -> bool:
+        """Agents' output waits in their pipes while the event writer is behind."""
+        backlog = getattr(self.bus, "backlog_bytes", None)
+        return backlog is not None and backlog() > BACKLOG_PAUSE_BYTES
 
     def _publish_session(self, sid, feature_id, track, phase, agent, status, **extra) -> None:
         data = {"id": sid, "feature_id": feature_id, "track": track, "phase": phase,

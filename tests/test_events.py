@@ -323,3 +323,43 @@ def test_publish_rejects_bad_types(buses):
     with pytest.raises(ValueError):
         bus.publish("bad\ntype", {})
     assert bus.publish("rate_limit", {"agent": "claude"}).id == 1
+
+
+class SlowDb(FlakyDb):
+    """A database that accepts writes only when `gate` is set (a writer that fell behind)."""
+
+    def __init__(self):
+        super().__init__()
+        self.failing = False
+        self.gate = threading.Event()
+
+    def insert_events(self, rows):
+        self.gate.wait(10)
+        super().insert_events(rows)
+
+
+def test_backlog_counts_unsaved_bytes_and_drains(buses):
+    slow = SlowDb()
+    bus = buses(slow, flush_interval=0.01)
+    payload = "z" * 10_000
+    for i in range(300):
+        bus.publish("output", {"text": payload})
+    assert bus.backlog_bytes() > 2_000_000   # waiting for the database, counted
+    slow.gate.set()
+    deadline = time.monotonic() + 10
+    while bus.backlog_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bus.backlog_bytes() == 0
+    assert len(slow.rows) == 300
+
+
+def test_backlog_is_zero_while_the_database_refuses_writes(buses):
+    """A refusing database must not hold the agents: the backlog reads 0 then (events beyond
+    max_pending are dropped and reported instead)."""
+    flaky = FlakyDb()
+    bus = buses(flaky, max_pending=10, flush_interval=60, flush_at=10**6)
+    for i in range(5):
+        bus.publish("output", {"text": "y" * 1000})
+    assert bus.backlog_bytes() > 0
+    assert not bus.flush()
+    assert bus.backlog_bytes() == 0

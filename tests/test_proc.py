@@ -297,3 +297,27 @@ def test_agent_callback_error_stops_child_and_is_raised(tmp_path):
     with pytest.raises(ValueError, match="bad line x"):
         asyncio.run(main())
     assert time.monotonic() - t0 < 3
+
+
+def test_held_output_blocks_the_child_until_released(tmp_path):
+    """Backpressure: while hold_output() says so, the pipes are not read and the child blocks on
+    its writes; released, every line arrives, in order, and the child finishes."""
+    lines = 20_000  # ~2 MB: far more than a pipe holds
+    code = f"import sys\nfor i in range({lines}): sys.stdout.write('%06d' % i + 'x' * 94 + '\\n')"
+    col = Collector()
+    hold = {"on": True}
+
+    async def main():
+        child = await start(py(code), tmp_path, col, hold_output=lambda: hold["on"])
+        await asyncio.sleep(1.5)
+        seen_while_held = len(col.out)
+        still_running = pid_alive(child.pid)
+        hold["on"] = False
+        info = await child.wait(timeout=30)
+        return seen_while_held, still_running, info
+
+    seen_while_held, still_running, info = asyncio.run(main())
+    assert still_running, "the child should be blocked writing into a full pipe"
+    assert seen_while_held < 2_000, seen_while_held  # one chunk read, then held
+    assert info.returncode == 0
+    assert len(col.out) == lines and col.out[-1].startswith(f"{lines - 1:06d}")
