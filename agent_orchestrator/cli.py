@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     project_arg(p_init)
     p_init.add_argument("--yes", "-y", action="store_true",
                         help="accept every default without asking")
-    from .init_wizard import INIT_FLAGS
+    from .init_flags import INIT_FLAGS
     for flag in INIT_FLAGS:
         flag.add_to(p_init)
 
@@ -219,25 +219,29 @@ class EventPrinter:
         self.as_json = as_json
         self.out = out or sys.stdout
         self._stop = threading.Event()
+        self._ready = threading.Event()  # set by the bus when events arrive (and by stop)
         self._thread = threading.Thread(target=self._loop, name="event-printer", daemon=True)
 
     def start(self) -> None:
+        self.sub.set_on_ready(self._ready.set)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._ready.set()
         self._thread.join(timeout=5)
-        self._drain(0)
+        self._drain()
         self.sub.close()
 
     def _loop(self) -> None:
-        # the wait bounds how long stop() waits for this thread at the end of a run
         while not self._stop.is_set():
-            self._drain(0.02)
+            self._ready.wait()
+            self._ready.clear()
+            self._drain()
 
-    def _drain(self, timeout: float) -> None:
+    def _drain(self) -> None:
         try:
-            events = self.sub.get(timeout)
+            events = self.sub.poll()
         except Exception:
             return
         for event in events:

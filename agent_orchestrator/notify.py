@@ -15,9 +15,6 @@ import os
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
-from http.client import HTTPException
 from urllib.parse import urlsplit
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,12 +195,12 @@ class Notifier:
     """Webhooks and notify.command for the notable events of `bus`. start() subscribes from now."""
 
     def __init__(self, bus: EventBus, config, *, project_name: str, clock: Callable[[], float] = time.time,
-                 opener: Callable[..., Any] = urllib.request.urlopen, runner: Callable[..., Any] = proc.run,
+                 opener: Callable[..., Any] | None = None, runner: Callable[..., Any] = proc.run,
                  backoff: float = 1.0, queue_size: int = QUEUE_SIZE):
         self.bus = bus
         self.project_name = project_name
         self.clock = clock
-        self.opener = opener
+        self.opener = opener  # None: urllib.request.urlopen (imported when a webhook is sent)
         self.runner = runner
         self.backoff = backoff
         self.timeout = float(config["notify.timeoutSeconds"])
@@ -357,9 +354,12 @@ class Notifier:
         return post
 
     def _post_once(self, url: str, payload: bytes, headers: dict) -> None:
+        import urllib.error  # only a project with webhooks pays for importing http and ssl
+        import urllib.request
+        from http.client import HTTPException
         request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
         try:
-            with self.opener(request, timeout=self.timeout) as response:
+            with (self.opener or urllib.request.urlopen)(request, timeout=self.timeout) as response:
                 response.read(65536)
         except urllib.error.HTTPError as exc:
             exc.close()

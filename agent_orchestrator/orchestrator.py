@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from . import docker, recovery, scheduler
+from . import recovery, scheduler
 from .errors import FeaturesError, OrchestratorError
 from .pipeline import FeatureJob, Interrupted
 from .prompts import PromptSet
@@ -107,7 +107,8 @@ class Orchestrator:
         self._tasks: dict[str, asyncio.Task] = {}
         self._children: set = set()
         self._noticed: set[str] = set()
-        self._busy: set[str] = set()
+        self._turns: dict[str, asyncio.Lock] = {}
+        self._job_tasks: set[asyncio.Task] = set()
         self._idle = asyncio.Event()
         self._exit_when_idle = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,6 +160,7 @@ class Orchestrator:
             if self._only_tracks is not None and name not in self._only_tracks:
                 continue
             self._wakeups[name] = asyncio.Event()
+            self._turns[name] = asyncio.Lock()
             self._tasks[name] = asyncio.ensure_future(self._track_loop(track))
         if self.config["conflicts.enabled"]:
             watcher = ConflictWatcher(self.root, self.config["baseBranch"], self.active_branches,
@@ -186,6 +188,8 @@ class Orchestrator:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        while self._job_tasks:  # features merging after their track went on
+            await asyncio.gather(*list(self._job_tasks), return_exceptions=True)
         try:
             await asyncio.to_thread(self.worktrees.release_integration)
         except OrchestratorError as exc:
@@ -196,11 +200,15 @@ class Orchestrator:
         self._publish_status()
 
     async def _track_loop(self, track: TrackState) -> None:
+        """Claim a feature, run it while it holds the track's turn; the turn comes back when
+        the job needs no agent any more (see FeatureJob.hand_back_track), the job goes on."""
         wake = self._wakeups[track.name]
         while not self._stop.is_set():
             wake.clear()
-            feature = None if track.paused else self._claim_next(track)
+            await self.begin_turn(track)
+            feature = None if track.paused or self._stop.is_set() else self._claim_next(track)
             if feature is None:
+                self.end_turn(track)
                 if self._nothing_left():
                     self._announce_finished()
                     if self._exit_when_idle:
@@ -208,23 +216,41 @@ class Orchestrator:
                         return
                 await self._wait(wake, POLL_SECONDS)
                 continue
-            self._busy.add(track.name)
-            job = FeatureJob(self, feature, track)
-            self._jobs[feature.id] = job
             try:
-                outcome = await job.run()
-                self.outcomes[feature.id] = outcome
-                track.done += 1
-            except Interrupted:
-                pass
-            except Exception as exc:  # a bug or an unexpected git failure: report, keep the work
-                self._internal_error(feature, exc)
-            finally:
-                self._jobs.pop(feature.id, None)
+                job = FeatureJob(self, feature, track)
+            except Exception as exc:
                 self._claimed.discard(feature.id)
-                self._busy.discard(track.name)
-                self._set_track(track, phase="paused" if track.paused else "idle", feature=None)
-                self.wake()
+                self.end_turn(track)
+                self._internal_error(feature, exc)
+                continue
+            self._jobs[feature.id] = job
+            task = asyncio.ensure_future(self._run_job(job))
+            self._job_tasks.add(task)
+            await job.handed_back
+
+    async def _run_job(self, job: FeatureJob) -> None:
+        feature, track = job.feature, job.track
+        try:
+            outcome = await job.run()
+            self.outcomes[feature.id] = outcome
+            track.done += 1
+        except Interrupted:
+            pass
+        except Exception as exc:  # a bug or an unexpected git failure: report, keep the work
+            self._internal_error(feature, exc)
+        finally:
+            self._jobs.pop(feature.id, None)
+            self._claimed.discard(feature.id)
+            self._job_tasks.discard(asyncio.current_task())
+            job.hand_back_track()
+            self.wake()
+
+    async def begin_turn(self, track: TrackState) -> None:
+        await self._turns[track.name].acquire()
+
+    def end_turn(self, track: TrackState) -> None:
+        self._set_track(track, phase="paused" if track.paused else "idle", feature=None)
+        self._turns[track.name].release()
 
     def _internal_error(self, feature, exc: Exception) -> None:
         detail = exc.render() if isinstance(exc, OrchestratorError) else repr(exc)
@@ -258,7 +284,7 @@ class Orchestrator:
                              "failed": summary["failed"], "blocked": summary["blocked"]})
 
     def _nothing_left(self) -> bool:
-        if self._busy:
+        if self._job_tasks:
             return False
         return all(track.paused or self._peek_next(name) is None
                    for name, track in self.tracks.items()
@@ -495,13 +521,19 @@ class Orchestrator:
         return [p for p in dict.fromkeys(paths) if p]
 
     def prepare_worktree(self, worktree: Path) -> None:
+        if not self.config["worktree.dockerService"]:
+            return
+        from . import docker  # only for projects that run in a container
         path = docker.write_wrapper(worktree, self.root, self.config)
         if path is not None:
             self._docker_wrappers[str(worktree)] = path
 
     def docker_hint(self, worktree: Path | None) -> str:
         path = self._docker_wrappers.get(str(worktree)) if worktree else None
-        return docker.prompt_hint(path) if path is not None else ""
+        if path is None:
+            return ""
+        from . import docker
+        return docker.prompt_hint(path)
 
     def write_prompt_file(self, feature_id: int, phase: str, prompt: str) -> Path:
         folder = self.project.state_dir / "prompts"

@@ -99,6 +99,9 @@ class FeatureJob:
         # commit_leftovers found nothing uncommitted in the worktree: the next merge attempt may
         # skip looking again (one-shot; an agent session in between clears it)
         self._clean_worktree = False
+        # the track's turn (see hand_back_track): held from the claim until only git work is left
+        self.background = False
+        self.handed_back: asyncio.Future = asyncio.get_running_loop().create_future()
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
@@ -111,6 +114,8 @@ class FeatureJob:
                     or self.retry_context.get("reimplement"):
                 if not await self.implement():
                     return self.feature_status()
+            if self.cfg["verification.disabled"]:
+                self.hand_back_track()  # merging needs no agent unless it conflicts
             max_attempts = int(self.cfg["verification.maxAttempts"])
             attempt = 0
             while True:
@@ -157,17 +162,41 @@ class FeatureJob:
     def feature_status(self) -> str:
         return self.orch.known_status(self.feature.id)
 
+    # ------------------------------------------------------------------ the track's turn
+    # A track runs one agent at a time: its turn. The job holds it from the claim while it may
+    # need an agent; once only git work is left (merging with verification disabled, the cleanup
+    # after a verdict) it hands the turn back and the track starts its next feature meanwhile.
+    # Should the job need an agent again (a merge conflict), it waits for the turn first.
+    def hand_back_track(self) -> None:
+        if not self.background:
+            self.background = True
+            self.orch.end_turn(self.track)
+        if not self.handed_back.done():
+            self.handed_back.set_result(None)
+
+    async def take_track(self) -> None:
+        if self.background:
+            await self.orch.begin_turn(self.track)
+            self.background = False
+
+    def phase(self, name: str) -> None:
+        """Show what the job does on its track: only while it has the track's turn."""
+        if not self.background:
+            self.orch.set_phase(self.track, name, self.feature)
+
     # ------------------------------------------------------------------ phases
     async def implement(self) -> bool:
         retries = 0
         previous = self.retry_context.get("previous") or ""
         while True:
             await self.ensure_worktree()
-            self.orch.set_phase(self.track, "implementing", self.feature)
+            self.phase("implementing")
             prompt = self.render("implement", previous_attempt=previous)
             result = await self.agent_session("implement", prompt, self.worktree)
             failure = result.failure
             if result.ok:
+                if self.cfg["verification.disabled"]:
+                    self.hand_back_track()  # checking the commits and merging need no agent
                 await self.commit_leftovers("implementation")
                 if await asyncio.to_thread(self._has_work):
                     self.track.env_strikes = 0
@@ -189,7 +218,7 @@ class FeatureJob:
         while True:
             await self.ensure_worktree()
             self.orch.set_status(self.feature.id, "in_progress")
-            self.orch.set_phase(self.track, "fixing", self.feature)
+            self.phase("fixing")
             prompt = self.render("fix", verification_report=report.text, attempt=attempt,
                                  max_attempts=max_attempts, previous_attempt=extra)
             result = await self.agent_session("fix", prompt, self.worktree)
@@ -210,7 +239,7 @@ class FeatureJob:
         conflicts_fixed = 0
         while True:
             await self.ensure_worktree()
-            o.set_phase(self.track, "merging", self.feature)
+            self.phase("merging")
             # the feature's own worktree needs no lock: only the merge into the base branch does
             outcome = await asyncio.to_thread(self._merge_base_into_feature)
             if outcome is None:
@@ -223,7 +252,7 @@ class FeatureJob:
                 return True
             self._clean_worktree = False
             if outcome.kind == "blocked":
-                o.set_phase(self.track, "waiting", self.feature)
+                self.phase("waiting")
                 o.notice("warning", f"feature #{self.feature.id} waits to merge: your uncommitted "
                          f"changes in {', '.join(outcome.files)} would be overwritten by the "
                          f"merge into {self.base}. Commit or stash them; the merge is retried "
@@ -236,7 +265,8 @@ class FeatureJob:
                     "was not resolved")
                 return False
             conflicts_fixed += 1
-            o.set_phase(self.track, "fixing", self.feature)
+            await self.take_track()
+            self.phase("fixing")
             prompt = self.render("conflict", conflict_files="\n".join(
                 f"- {name}" for name in outcome.files))
             result = await self.agent_session("conflict", prompt, self.worktree)
@@ -327,7 +357,7 @@ class FeatureJob:
     async def verify(self, attempt: int) -> VerifyReport:
         o, f = self.orch, self.feature
         o.set_status(f.id, "verifying")
-        o.set_phase(self.track, "verifying", f)
+        self.phase("verifying")
         await o.pause_point(float(self.cfg["verification.delayMs"]) / 1000.0)
         async with o.merge_lock:  # it may reset the checkout: never under another track's merge
             checkout = await asyncio.to_thread(o.worktrees.integration_checkout, self.base,
@@ -417,6 +447,7 @@ class FeatureJob:
     # ------------------------------------------------------------------ endings
     async def finish_passed(self) -> str:
         o, f = self.orch, self.feature
+        self.hand_back_track()  # no agent from here on
         o.db.set_state(f"applied:{f.id}", [])  # kept for good: nothing left to revert or resume
         o.db.set_state(f"reverted:{f.id}", [])
         # pushing the base branch and removing the feature's worktree are independent
@@ -432,6 +463,7 @@ class FeatureJob:
 
     async def finish_failed(self, category: str, reason: str) -> str:
         o, f = self.orch, self.feature
+        self.hand_back_track()  # no agent from here on
         if self.cfg["verification.revertOnFailure"]:
             async with o.merge_lock:
                 reverted = await asyncio.to_thread(self._revert_merges)
@@ -535,6 +567,7 @@ class FeatureJob:
         o, cfg, f = self.orch, self.cfg, self.feature
         chain = agent_chain(cfg["agent.preferred"], cfg["agent.fallbackAgents"], f.agent)
         self._clean_worktree = False
+        await self.take_track()
         while True:
             o.check_running(self.track)
             self.check_budgets()
@@ -543,7 +576,7 @@ class FeatureJob:
                 await self.wait_for_agents(chain, until)
                 continue
             if not o.slots.available(agent):
-                o.set_phase(self.track, "waiting", f)
+                self.phase("waiting")
             await o.slots.acquire(agent)
             try:
                 result = await self._run_session(agent, phase, prompt, cwd)
@@ -580,7 +613,7 @@ class FeatureJob:
     async def _run_session(self, agent: str, phase: str, prompt: str, cwd: Path) -> SessionResult:
         o, cfg, f = self.orch, self.cfg, self.feature
         if phase in ("implement", "fix", "conflict"):
-            o.set_phase(self.track, {"implement": "implementing"}.get(phase, "fixing"), f)
+            self.phase({"implement": "implementing"}.get(phase, "fixing"))
         if phase != "verify":
             self.attempts += 1
         resume = None
@@ -613,7 +646,7 @@ class FeatureJob:
                                 for a in chain)
             o.pause_track(self.track.name, f"no agent available ({reasons})")
             raise Interrupted()
-        o.set_phase(self.track, "waiting", self.feature)
+        self.phase("waiting")
         if ("wait", until) != self._last_wait:
             self._last_wait = ("wait", until)
             o.rate_limit_waits += 1

@@ -111,6 +111,80 @@ def test_user_edits_while_running_survive_and_new_feature_runs(git_repo):
     assert (repo / "features.json").read_text().startswith('{\n    "project"')
 
 
+def test_a_merge_waiting_for_the_users_checkout_does_not_hold_its_track(git_repo):
+    """Verification disabled: once feature 1's agent has committed, its track starts feature 2
+    while feature 1 waits to merge (the user's untracked file is in the way), and feature 1
+    merges as soon as the file is gone."""
+    repo = make_project(git_repo, [feature(1), feature(2)])
+    git(repo, "checkout", "-q", "ai-develop")
+    (repo / "feature-1.txt").write_text("the user's own file\n")
+    env = dict(__import__("os").environ)
+    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    child = subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
+                              str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while load_features(repo)[2]["status"] != "passed":
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "feature 2 did not run while feature 1 waited"
+            time.sleep(0.05)
+        assert load_features(repo)[1]["status"] == "in_progress"
+        assert (repo / "feature-1.txt").read_text() == "the user's own file\n"
+        (repo / "feature-1.txt").unlink()
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, out + err
+    assert {fid: f["status"] for fid, f in load_features(repo).items()} == {1: "passed",
+                                                                            2: "passed"}
+    assert "waits to merge" in out + err and "feature-1.txt" in out + err
+    assert git(repo, "log", "--first-parent", "--format=%s", "ai-develop").splitlines()[:2] == [
+        "Merge feature #1: Feature 1", "Merge feature #2: Feature 2"]
+    rows = sessions(repo)
+    assert [(r["feature_id"], r["phase"]) for r in rows] == [(1, "implement"), (2, "implement")]
+
+
+def test_conflicts_found_after_the_track_went_on_are_resolved_on_its_turn(git_repo):
+    """Three features of one track write the same file; their merges wait for the user's file,
+    so all three agents finish first and the track has gone on. Once the file is gone, the second
+    and third merges conflict: each job takes the track's turn back for a conflict agent, and
+    the sessions of the track never overlap."""
+    repo = make_project(git_repo, [feature(1), feature(2), feature(3)])
+    git(repo, "checkout", "-q", "ai-develop")
+    (repo / "shared.txt").write_text("the user's own file\n")
+    env = dict(__import__("os").environ)
+    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update({"FAKE_AGENT_FILE": "shared.txt", "FAKE_AGENT_CONTENT": "written by feature {id}\n",
+                "FAKE_AGENT_DELAY": "0.3"})
+    child = subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
+                              str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (repo / ".orchestrator" / "orchestrator.db").exists() or \
+                len([r for r in sessions(repo) if r["ended_at"]]) < 3:
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the three agents did not all run"
+            time.sleep(0.1)
+        (repo / "shared.txt").unlink()
+        out, err = child.communicate(timeout=90)
+    finally:
+        child.kill()
+    assert child.returncode == 0, out + err
+    assert {f["status"] for f in load_features(repo).values()} == {"passed"}
+    rows = sessions(repo)
+    assert sorted(r["phase"] for r in rows) == ["conflict", "conflict", "implement", "implement",
+                                                "implement"]
+    spans = sorted((r["started_at"], r["ended_at"]) for r in rows)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"two agents of one track ran at once: {spans}"
+    shared = git(repo, "show", "ai-develop:shared.txt")
+    assert all(f"written by feature {i}" in shared for i in (1, 2, 3)) and "<<<<<<<" not in shared
+
+
 def test_agent_without_commits_fails_with_reason(git_repo):
     repo = make_project(git_repo, [feature(1)], agent={"maxRetries": 1})
     result = run_cli("run", "--project", str(repo), env={"FAKE_AGENT_SCENARIO": "no_commit"})

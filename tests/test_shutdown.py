@@ -96,7 +96,8 @@ def test_signal_stops_the_agents_records_and_exits(git_repo, tmp_path, sig):
     assert alive_with_env("FAKE_SHUTDOWN_TOKEN", token) == []
     assert "stopping: ending the agents" in output(tmp_path)
     rows = sessions(repo)
-    assert [(r["feature_id"], r["status"], r["exit_reason"]) for r in rows] == [
+    # the two tracks start their agents at the same time: either may be recorded first
+    assert sorted((r["feature_id"], r["status"], r["exit_reason"]) for r in rows) == [
         (1, "interrupted", "stopped"), (2, "interrupted", "stopped")]
     assert all(r["ended_at"] for r in rows)
     feats = load_features(repo)
