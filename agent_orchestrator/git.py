@@ -327,6 +327,13 @@ def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
     return done.returncode == 0
 
 
+def fast_forward(repo: Path, ref: str) -> bool:
+    """Bring the checked-out branch of `repo` up to `ref` when that is a fast-forward (nothing
+    of its own to merge); False, with nothing changed, when it is not."""
+    return git(repo, "merge", "--ff-only", "--quiet", "--no-autostash", check_ref(ref),
+               check=False).ok
+
+
 def delete_branch(repo: Path, name: str, *, force: bool = False,
                   merged_into: str | None = None) -> None:
     """Delete a local branch. With `merged_into`, it is deleted only when fully merged into that

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from . import recovery, scheduler
+from . import git, recovery, scheduler
 from .errors import FeaturesError, OrchestratorError
-from .pipeline import FeatureJob, Interrupted
+from .pipeline import FeatureJob, Interrupted, feature_branch
 from .prompts import PromptSet
 from .concurrency import AgentSlots
 from .conflicts import ConflictWatcher
@@ -109,6 +109,8 @@ class Orchestrator:
         self._noticed: set[str] = set()
         self._turns: dict[str, asyncio.Lock] = {}
         self._job_tasks: set[asyncio.Task] = set()
+        # feature id -> (its branch, the making of its worktree): see agent_started
+        self._ahead: dict[int, tuple[str, asyncio.Future]] = {}
         self._idle = asyncio.Event()
         self._exit_when_idle = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -190,6 +192,7 @@ class Orchestrator:
         self._tasks.clear()
         while self._job_tasks:  # features merging after their track went on
             await asyncio.gather(*list(self._job_tasks), return_exceptions=True)
+        await self._drop_made_ahead()
         try:
             await asyncio.to_thread(self.worktrees.release_integration)
         except OrchestratorError as exc:
@@ -244,6 +247,64 @@ class Orchestrator:
             self._job_tasks.discard(asyncio.current_task())
             job.hand_back_track()
             self.wake()
+
+    # ---------------------------------------------------------------- the next worktree
+    # While a track's agent works, the worktree of the feature the track would claim next is
+    # made, so the track starts it without waiting for `git worktree add` (a checkout of the
+    # whole tree). When it is claimed, its branch is fast-forwarded to the base branch as it is
+    # then; a worktree made for a feature that is not claimed after all (features.json edited
+    # meanwhile) is kept for when it is, and removed when the run stops.
+    def agent_started(self, track: TrackState) -> None:
+        if self._stop.is_set() or track.paused:
+            return
+        upcoming = self._peek_next(track.name)
+        if upcoming is None or upcoming.id in self._ahead \
+                or self.worktrees.path_for(f"feature-{upcoming.id}").exists():
+            return
+        branch = feature_branch(upcoming)
+        self._ahead[upcoming.id] = (branch, asyncio.ensure_future(asyncio.to_thread(
+            self.worktrees.create_reporting, f"feature-{upcoming.id}", branch,
+            self.config["baseBranch"])))
+
+    async def worktree_made_ahead(self, feature_id: int, branch: str) -> tuple[Path, bool] | None:
+        """The worktree made ahead for the feature, up to date with the base branch; None when
+        there is none (the job then makes it as usual)."""
+        entry = self._ahead.pop(feature_id, None)
+        if entry is None:
+            return None
+        made_for, future = entry
+        try:
+            path, new_branch = await future
+        except Exception as exc:  # noqa: BLE001 - the usual way reports what is wrong
+            log.info("making the worktree of feature #%s ahead failed: %s", feature_id, exc)
+            return None
+        base = self.config["baseBranch"]
+        if made_for != branch:  # renamed in features.json meanwhile
+            await asyncio.to_thread(self._remove_unused, path, made_for, new_branch)
+            return None
+        if new_branch and not await asyncio.to_thread(git.fast_forward, path, base):
+            log.info("feature #%s: its worktree made ahead could not be brought up to %s",
+                     feature_id, base)
+        return path, new_branch
+
+    async def _drop_made_ahead(self) -> None:
+        while self._ahead:
+            feature_id, (branch, future) = self._ahead.popitem()
+            try:
+                path, new_branch = await future
+            except Exception:  # noqa: BLE001 - nothing was made
+                continue
+            await asyncio.to_thread(self._remove_unused, path, branch, new_branch)
+
+    def _remove_unused(self, path: Path, branch: str, new_branch: bool) -> None:
+        """A worktree made ahead and not used: removed, and its branch deleted when the daemon
+        created it (it holds nothing of its own)."""
+        try:
+            self.worktrees.remove(path)
+            if new_branch:
+                self.worktrees.delete_branch(branch, merged_into=self.config["baseBranch"])
+        except OrchestratorError as exc:
+            log.warning("kept the unused worktree %s: %s", path, exc.message)
 
     async def begin_turn(self, track: TrackState) -> None:
         await self._turns[track.name].acquire()

@@ -75,6 +75,15 @@ class MergeOutcome:
     sha: str | None = None
 
 
+def feature_branch(feature) -> str:
+    """The feature's branch: the one features.json records (a retry), else a new name."""
+    existing = feature.raw.get("branch")
+    if isinstance(existing, str) and git.valid_branch_name(existing) \
+            and existing.startswith("feature/"):
+        return existing
+    return git.branch_name(feature.id, feature.name)
+
+
 class FeatureJob:
     def __init__(self, orch, feature, track):
         self.orch = orch
@@ -83,9 +92,7 @@ class FeatureJob:
         cfg = orch.config
         self.cfg = cfg
         self.base = cfg["baseBranch"]
-        existing = feature.raw.get("branch")
-        self.branch = existing if isinstance(existing, str) and git.valid_branch_name(existing) \
-            and existing.startswith("feature/") else git.branch_name(feature.id, feature.name)
+        self.branch = feature_branch(feature)
         self.worktree: Path | None = None
         self.attempts = 0
         self.sessions = 0
@@ -144,9 +151,13 @@ class FeatureJob:
             return
         # named by id: always a valid directory name, whatever branch features.json records
         first = self.worktree is None
-        self.worktree, new_branch = await asyncio.to_thread(
-            self.orch.worktrees.create_reporting, f"feature-{self.feature.id}", self.branch,
-            self.base)
+        made = await self.orch.worktree_made_ahead(self.feature.id, self.branch) if first else None
+        if made is not None:
+            self.worktree, new_branch = made
+        else:
+            self.worktree, new_branch = await asyncio.to_thread(
+                self.orch.worktrees.create_reporting, f"feature-{self.feature.id}", self.branch,
+                self.base)
         self._new_branch = first and new_branch
         self.orch.prepare_worktree(self.worktree)
 
@@ -631,6 +642,7 @@ class FeatureJob:
             max_budget_usd=round(max(per_feature - self.cost, 0.01), 4)
             if per_feature is not None else None)
         self.track.agent = agent
+        o.agent_started(self.track)
         result = await o.sessions.run(agent=agent, request=request, feature_id=f.id,
                                       track=self.track.name, attempt=self.attempts)
         self.track.session_id = None

@@ -185,6 +185,67 @@ def test_conflicts_found_after_the_track_went_on_are_resolved_on_its_turn(git_re
     assert all(f"written by feature {i}" in shared for i in (1, 2, 3)) and "<<<<<<<" not in shared
 
 
+def start_run(repo, **extra_env):
+    env = dict(__import__("os").environ)
+    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(extra_env)
+    return subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
+                             str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_until(child, condition, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_next_worktree_is_made_while_the_agent_works_and_starts_from_the_current_base(git_repo):
+    repo = make_project(git_repo, [feature(1), feature(2)])
+    git(repo, "checkout", "-q", "ai-develop")
+    child = start_run(repo, FAKE_AGENT_DELAY="2")
+    ahead = repo / ".orchestrator" / "worktrees" / "feature-2"
+    try:
+        wait_until(child, ahead.exists, "feature 2's worktree was not made while #1 worked")
+        assert load_features(repo)[2]["status"] == "open"
+        assert load_features(repo)[1]["status"] == "in_progress"
+        # meanwhile, the user commits on the base branch
+        (repo / "user.txt").write_text("committed while feature 1 was being implemented\n")
+        git(repo, "add", "user.txt")
+        git(repo, "commit", "-q", "-m", "user's commit")
+        user_sha = git(repo, "rev-parse", "HEAD")
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, out + err
+    assert {f["status"] for f in load_features(repo).values()} == {"passed"}
+    # feature 2's agent started from the base branch as it was when #2 was claimed
+    parents = git(repo, "log", "-1", "--format=%P", "--grep", "feat: feature 2",
+                  load_features(repo)[2]["branch"])
+    assert parents == user_sha
+
+
+def test_a_worktree_made_ahead_and_not_used_is_removed_when_the_run_stops(git_repo):
+    repo = make_project(git_repo, [feature(1), feature(2)])
+    child = start_run(repo, FAKE_AGENT_DELAY="30")
+    ahead = repo / ".orchestrator" / "worktrees" / "feature-2"
+    try:
+        wait_until(child, ahead.exists, "feature 2's worktree was not made while #1 worked")
+        child.send_signal(__import__("signal").SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 130, out + err
+    assert not ahead.exists()
+    assert git(repo, "branch", "--list", "feature/2-*") == ""
+    assert "feature-2" not in git(repo, "worktree", "list")
+    feats = load_features(repo)
+    assert (feats[1]["status"], feats[2]["status"]) == ("open", "open")
+
+
 def test_agent_without_commits_fails_with_reason(git_repo):
     repo = make_project(git_repo, [feature(1)], agent={"maxRetries": 1})
     result = run_cli("run", "--project", str(repo), env={"FAKE_AGENT_SCENARIO": "no_commit"})
