@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from . import git, recovery, scheduler
+from . import recovery, scheduler
 from .errors import FeaturesError, OrchestratorError
 from .pipeline import FeatureJob, Interrupted, feature_branch
 from .prompts import PromptSet
@@ -267,8 +267,8 @@ class Orchestrator:
             self.config["baseBranch"])))
 
     async def worktree_made_ahead(self, feature_id: int, branch: str) -> tuple[Path, bool] | None:
-        """The worktree made ahead for the feature, up to date with the base branch; None when
-        there is none (the job then makes it as usual)."""
+        """The worktree made ahead for the feature (the job brings it up to the base branch);
+        None when there is none (the job then makes it as usual)."""
         entry = self._ahead.pop(feature_id, None)
         if entry is None:
             return None
@@ -278,13 +278,9 @@ class Orchestrator:
         except Exception as exc:  # noqa: BLE001 - the usual way reports what is wrong
             log.info("making the worktree of feature #%s ahead failed: %s", feature_id, exc)
             return None
-        base = self.config["baseBranch"]
         if made_for != branch:  # renamed in features.json meanwhile
             await asyncio.to_thread(self._remove_unused, path, made_for, new_branch)
             return None
-        if new_branch and not await asyncio.to_thread(git.fast_forward, path, base):
-            log.info("feature #%s: its worktree made ahead could not be brought up to %s",
-                     feature_id, base)
         return path, new_branch
 
     async def _drop_made_ahead(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from .prompts import numbered
 from .ratelimits import agent_chain
 from .sessions import SessionResult
 from .verdict import parse_verdict
+
+log = logging.getLogger(__name__)
 
 CHECK_TAIL = 4000
 BLOCKED_RETRY_SECONDS = 10.0
@@ -102,6 +105,7 @@ class FeatureJob:
         self.resume: dict | None = self.retry_context.get("resume")
         self._last_wait: tuple | None = None
         self._new_branch = False  # the branch was created from the base branch by this job
+        self._older_base = False  # see ensure_worktree
         self._identity: list[str] | None = None  # `-c user.*` options for the merges
         # commit_leftovers found nothing uncommitted in the worktree: the next merge attempt may
         # skip looking again (one-shot; an agent session in between clears it)
@@ -117,8 +121,10 @@ class FeatureJob:
                      failure_category=None)
         await self.ensure_worktree()
         try:
-            if not await asyncio.to_thread(self._has_work, self._new_branch) \
-                    or self.retry_context.get("reimplement"):
+            has_work = await asyncio.to_thread(self._has_work, self._new_branch)
+            if not has_work and self._older_base:
+                await asyncio.to_thread(self._catch_up_with_base)
+            if not has_work or self.retry_context.get("reimplement"):
                 if not await self.implement():
                     return self.feature_status()
             if self.cfg["verification.disabled"]:
@@ -159,7 +165,16 @@ class FeatureJob:
                 self.orch.worktrees.create_reporting, f"feature-{self.feature.id}", self.branch,
                 self.base)
         self._new_branch = first and new_branch
+        # not branched from the base branch just now: made while the previous agent worked, or
+        # left by an earlier run (a stop, a crash) before any commit
+        self._older_base = first and (made is not None or not new_branch)
         self.orch.prepare_worktree(self.worktree)
+
+    def _catch_up_with_base(self) -> None:
+        """A branch with no work of its own starts from the base branch as it is now."""
+        if not git.fast_forward(self.worktree, self.base):
+            log.info("feature #%s: %s could not be fast-forwarded to %s; the agent starts from "
+                     "where it is", self.feature.id, self.branch, self.base)
 
     def _has_work(self, new_branch: bool = False) -> bool:
         """The branch has the agent's work: commits not on the base branch yet, or merged (or
@@ -276,7 +291,6 @@ class FeatureJob:
                     "was not resolved")
                 return False
             conflicts_fixed += 1
-            await self.take_track()
             self.phase("fixing")
             prompt = self.render("conflict", conflict_files="\n".join(
                 f"- {name}" for name in outcome.files))

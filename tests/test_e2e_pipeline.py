@@ -3,6 +3,8 @@ agent CLIs; everything checked in git, features.json, the progress file and the 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,24 @@ THREE_TRACKS = [
 ]
 
 
+
+
+def start_run(repo, **extra_env):
+    env = dict(os.environ)
+    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(extra_env)
+    return subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
+                             str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_until(child, condition, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 def test_six_features_three_tracks_all_merged(git_repo):
@@ -84,13 +104,7 @@ def test_tracks_overlap_in_time(git_repo):
 
 def test_user_edits_while_running_survive_and_new_feature_runs(git_repo):
     repo = make_project(git_repo, [feature(1), feature(2)])
-    env = dict(__import__("os").environ)
-    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env["FAKE_AGENT_DELAY"] = "1.5"
-    child = subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
-                              str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    child = start_run(repo, FAKE_AGENT_DELAY="1.5")
     try:
         deadline = time.monotonic() + 30
         while load_features(repo)[1]["status"] != "in_progress":
@@ -118,12 +132,7 @@ def test_a_merge_waiting_for_the_users_checkout_does_not_hold_its_track(git_repo
     repo = make_project(git_repo, [feature(1), feature(2)])
     git(repo, "checkout", "-q", "ai-develop")
     (repo / "feature-1.txt").write_text("the user's own file\n")
-    env = dict(__import__("os").environ)
-    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    child = subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
-                              str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    child = start_run(repo)
     try:
         deadline = time.monotonic() + 60
         while load_features(repo)[2]["status"] != "passed":
@@ -154,14 +163,8 @@ def test_conflicts_found_after_the_track_went_on_are_resolved_on_its_turn(git_re
     repo = make_project(git_repo, [feature(1), feature(2), feature(3)])
     git(repo, "checkout", "-q", "ai-develop")
     (repo / "shared.txt").write_text("the user's own file\n")
-    env = dict(__import__("os").environ)
-    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env.update({"FAKE_AGENT_FILE": "shared.txt", "FAKE_AGENT_CONTENT": "written by feature {id}\n",
-                "FAKE_AGENT_DELAY": "0.3"})
-    child = subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
-                              str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    child = start_run(repo, FAKE_AGENT_FILE="shared.txt",
+                      FAKE_AGENT_CONTENT="written by feature {id}\n", FAKE_AGENT_DELAY="0.3")
     try:
         deadline = time.monotonic() + 60
         while not (repo / ".orchestrator" / "orchestrator.db").exists() or \
@@ -183,24 +186,6 @@ def test_conflicts_found_after_the_track_went_on_are_resolved_on_its_turn(git_re
         assert start >= end, f"two agents of one track ran at once: {spans}"
     shared = git(repo, "show", "ai-develop:shared.txt")
     assert all(f"written by feature {i}" in shared for i in (1, 2, 3)) and "<<<<<<<" not in shared
-
-
-def start_run(repo, **extra_env):
-    env = dict(__import__("os").environ)
-    env["PATH"] = f"{FAKES_DIR}:{env['PATH']}"
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env.update(extra_env)
-    return subprocess.Popen([sys.executable, "-m", "agent_orchestrator", "run", "--project",
-                             str(repo)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def wait_until(child, condition, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert child.poll() is None, child.communicate()
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_next_worktree_is_made_while_the_agent_works_and_starts_from_the_current_base(git_repo):
@@ -234,7 +219,7 @@ def test_a_worktree_made_ahead_and_not_used_is_removed_when_the_run_stops(git_re
     ahead = repo / ".orchestrator" / "worktrees" / "feature-2"
     try:
         wait_until(child, ahead.exists, "feature 2's worktree was not made while #1 worked")
-        child.send_signal(__import__("signal").SIGTERM)
+        child.send_signal(signal.SIGTERM)
         out, err = child.communicate(timeout=30)
     finally:
         child.kill()
@@ -244,6 +229,30 @@ def test_a_worktree_made_ahead_and_not_used_is_removed_when_the_run_stops(git_re
     assert "feature-2" not in git(repo, "worktree", "list")
     feats = load_features(repo)
     assert (feats[1]["status"], feats[2]["status"]) == ("open", "open")
+
+
+def test_a_worktree_left_by_a_killed_run_starts_from_the_current_base(git_repo):
+    """The run is killed (no clean stop) after feature 2's worktree was made ahead; the base
+    branch moves; the next run's agent for feature 2 starts from the base branch as it is then."""
+    repo = make_project(git_repo, [feature(1), feature(2)])
+    git(repo, "checkout", "-q", "ai-develop")
+    child = start_run(repo, FAKE_AGENT_DELAY="30")
+    ahead = repo / ".orchestrator" / "worktrees" / "feature-2"
+    try:
+        wait_until(child, ahead.exists, "feature 2's worktree was not made while #1 worked")
+    finally:
+        child.kill()
+        child.communicate(timeout=30)
+    (repo / "user.txt").write_text("committed between the runs\n")
+    git(repo, "add", "user.txt")
+    git(repo, "commit", "-q", "-m", "user's commit")
+    user_sha = git(repo, "rev-parse", "HEAD")
+    result = run_cli("run", "--project", str(repo))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {f["status"] for f in load_features(repo).values()} == {"passed"}
+    parents = git(repo, "log", "-1", "--format=%P", "--grep", "feat: feature 2",
+                  load_features(repo)[2]["branch"])
+    assert parents == user_sha
 
 
 def test_agent_without_commits_fails_with_reason(git_repo):
