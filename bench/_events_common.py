@@ -1,14 +1,13 @@
-"""Helpers shared by bench/events.py and bench/api.py: scratch git projects, the real daemon in a
-subprocess, percentiles, the machine description and table printing."""
+"""Helpers shared by bench/events.py and bench/api.py: their scratch projects, the real daemon in
+a subprocess, CPU accounting, percentiles and table printing (the machine and waiting for a quiet
+machine are in _pipeline_common, shared by every benchmark)."""
 from __future__ import annotations
 
 import http.client
 import json
 import os
-import platform
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,37 +19,17 @@ REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from _pipeline_common import BASE, describe_machine, machine, merged, write_project  # noqa: E402
+
 URL_RE = re.compile(r"dashboard at (http://[^\s]+)")
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def make_project(root: Path, config: dict, features: list[dict]) -> Path:
-    """A git repository with orchestrator.config.json and features.json committed, and the base
-    branch ai-develop."""
-    root.mkdir(parents=True, exist_ok=True)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.name", "bench")
-    git(root, "config", "user.email", "bench@example.invalid")
-    (root / "README.md").write_text("bench project\n")
-    cfg = {"projectName": root.name, "baseBranch": "ai-develop",
-           "tracks": [{"name": "core", "categories": [], "isDefault": True}],
-           "verification": {"disabled": True, "delayMs": 0}}
-    for key, value in config.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
-    (root / "orchestrator.config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (root / "features.json").write_text(json.dumps({"project": root.name, "features": features},
-                                                   indent=1) + "\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "bench project")
-    git(root, "branch", "-f", "ai-develop", "HEAD")
-    return root
+    """A project with one track (the config laid over the defaults), verification disabled."""
+    return write_project(root, merged({
+        "projectName": root.name, "baseBranch": BASE,
+        "tracks": [{"name": "core", "categories": [], "isDefault": True}],
+        "verification": {"disabled": True, "delayMs": 0}}, config), features)
 
 
 class DaemonProcess:
@@ -148,27 +127,16 @@ def system_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for_quiet(below: float, *, longest: float = 120.0) -> float:
-    """Wait (at most `longest` s) until the machine's CPUs are at most `below` busy over a second
-    (a fraction of all CPUs, this process idle meanwhile): a benchmark measured next to another
-    one measures both. Returns the last busy fraction seen; below >= 1 never waits."""
-    if below >= 1:
-        return 0.0
-    cpus = os.cpu_count() or 1
-    deadline = time.monotonic() + longest
-    warned = False
-    while True:
-        start = system_busy_seconds()
-        time.sleep(1.0)
-        busy = (system_busy_seconds() - start) / cpus
-        if busy <= below or time.monotonic() >= deadline:
-            if busy > below:
-                print(f"warning: the CPUs are still {busy:.0%} busy with other work; measuring anyway", flush=True)
-            return busy
-        if not warned:
-            print(f"waiting for the machine to be quiet (CPUs {busy:.0%} busy, waiting for at most "
-                  f"{below:.0%}) ...", flush=True)
-            warned = True
+def announce(*, chromium: bool = False) -> dict:
+    """Print the machine, and a warning when other benchmarks or tests are running; the machine."""
+    info = machine(chromium=chromium)
+    line = f"machine: {describe_machine(info)}, SQLite {info['sqlite']}"
+    print(line + (f", {info['chromium']}" if chromium else ""), flush=True)
+    busy = other_processes()
+    if busy:
+        print("warning: other benchmark or test processes are running; the figures will be noisy:\n  "
+              + "\n  ".join(busy[:5]), flush=True)
+    return info
 
 
 def other_processes() -> list[str]:
@@ -210,37 +178,6 @@ def percentile(sorted_values, q: float) -> float:
         return float("nan")
     rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 100))))
     return sorted_values[rank - 1]
-
-
-def machine() -> dict:
-    """nproc, CPU model, memory, Python, SQLite and Chromium versions of this machine."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / (1 << 20), 1)
-    except OSError:
-        pass
-    chromium = None
-    for binary in ("/usr/bin/chromium", "chromium"):
-        try:
-            out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20)
-            chromium = out.stdout.strip() or None
-            if chromium:
-                break
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": mem_gib,
-            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "chromium": chromium, "kernel": platform.release()}
 
 
 def print_table(title: str, rows: list[tuple], headers: tuple) -> None:

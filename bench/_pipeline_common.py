@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,9 @@ BASE = "ai-develop"
 
 # ---------------------------------------------------------------- the machine
 
-def machine() -> dict:
+def machine(*, chromium: bool = False) -> dict:
+    """CPUs, CPU model, memory, Python, git and SQLite versions, kernel, load; with `chromium`,
+    the version of the Chromium the dashboard measurements use."""
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -42,9 +45,24 @@ def machine() -> dict:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_mb": mem_mb,
+    info = {"cpus": os.cpu_count(), "cpu": cpu, "memory_mb": mem_mb,
             "python": platform.python_version(), "git": git_version.replace("git version ", ""),
-            "os": f"{platform.system()} {platform.release()}", "load_1min_at_start": load}
+            "sqlite": sqlite3.sqlite_version, "os": f"{platform.system()} {platform.release()}",
+            "load_1min_at_start": load}
+    if chromium:
+        info["chromium"] = _chromium_version()
+    return info
+
+
+def _chromium_version() -> str | None:
+    for binary in ("/usr/bin/chromium", "chromium"):
+        try:
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.stdout.strip():
+            return out.stdout.strip()
+    return None
 
 
 def describe_machine(info: dict) -> str:
@@ -69,14 +87,22 @@ def cpu_busy(seconds: float = 1.0) -> float | None:
     return 1.0 - (idle1 - idle0) / total if total else None
 
 
-def wait_for_quiet(limit: float, max_wait: float) -> float | None:
+def wait_for_quiet(limit: float, max_wait: float = 120.0) -> float | None:
     """Wait (up to max_wait seconds) until other processes leave the CPUs at most `limit` busy;
     the machine is shared, and a benchmark measured next to another one measures both. Returns
-    the last busy share seen."""
+    the last busy share seen (None: not measured; limit >= 1 never waits)."""
+    if limit >= 1:
+        return None
     deadline = time.monotonic() + max_wait
     busy = cpu_busy()
+    if busy is not None and busy > limit:
+        print(f"waiting for the machine to be quiet (CPUs {busy:.0%} busy, waiting for at most "
+              f"{limit:.0%}) ...", flush=True)
     while busy is not None and busy > limit and time.monotonic() < deadline:
         busy = cpu_busy(2.0)
+    if busy is not None and busy > limit:
+        print(f"warning: the CPUs are still {busy:.0%} busy with other work; measuring anyway",
+              flush=True)
     return busy
 
 
@@ -104,32 +130,44 @@ def init_repo(repo: Path) -> Path:
     return repo
 
 
+def merged(defaults: dict, extra: dict | None) -> dict:
+    """`defaults` with `extra` laid over it, sections (objects) merged one level deep."""
+    cfg = dict(defaults)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_project(repo: Path, config: dict, features: list[dict]) -> Path:
+    """init_repo, then orchestrator.config.json and features.json committed, and the base branch
+    at that commit."""
+    init_repo(repo)
+    (repo / "orchestrator.config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (repo / "features.json").write_text(json.dumps({"features": features}, indent=1) + "\n")
+    git(repo, "add", "orchestrator.config.json", "features.json")
+    git(repo, "commit", "-q", "-m", "orchestrator setup")
+    git(repo, "branch", "-f", BASE, "HEAD")
+    return repo
+
+
 def make_project(repo: Path, *, features: int, tracks: int, extra_config: dict | None = None) -> Path:
     """A project of `features` features spread round-robin over `tracks` tracks (by category),
     verification disabled, the claude agent replaced by the benchmark fake agent."""
-    init_repo(repo)
-    cfg = {
+    cfg = merged({
         "projectName": "bench", "baseBranch": BASE,
         "tracks": [{"name": f"t{i}", "categories": [f"c{i}"], "isDefault": i == 0}
                    for i in range(tracks)],
         "verification": {"disabled": True},
         "agent": {"preferred": "claude", "envPassthrough": ["FAKE_*"]},
         "agents": {"claude": {"command": [str(FAKE_AGENT)]}},
-    }
-    for key, value in (extra_config or {}).items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
+    }, extra_config)
     items = [{"id": i, "category": f"c{(i - 1) % tracks}", "name": f"Feature {i}",
               "description": f"Implement feature {i}.", "steps": ["Do it", "Test it"],
               "status": "open"} for i in range(1, features + 1)]
-    (repo / "orchestrator.config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (repo / "features.json").write_text(json.dumps({"features": items}, indent=2) + "\n")
-    git(repo, "add", "orchestrator.config.json", "features.json")
-    git(repo, "commit", "-q", "-m", "orchestrator setup")
-    git(repo, "branch", "-f", BASE, "HEAD")
-    return repo
+    return write_project(repo, cfg, items)
 
 
 PYCACHE = Path(tempfile.gettempdir()) / "agent-orchestrator-bench-pycache"

@@ -37,7 +37,8 @@ import threading
 import time
 from pathlib import Path
 
-from _events_common import DaemonProcess, machine, other_processes, percentile, print_table, wait_for_quiet
+from _events_common import DaemonProcess, announce, percentile, print_table
+from _pipeline_common import wait_for_quiet
 
 TARGET_P99_MS = 50.0
 TARGET_USABLE_MS = 1000.0
@@ -129,13 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import _api_data
     from _api_browser import Browser, browser_missing
 
-    info = machine()
-    print(f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, Python {info['python']}, "
-          f"SQLite {info['sqlite']}, {info['chromium']}")
-    busy = other_processes()
-    if busy:
-        print("warning: other benchmark or test processes are running; the figures will be noisy:\n  "
-              + "\n  ".join(busy[:5]), flush=True)
+    info = announce(chromium=True)
     scratch = None
     if args.project is not None:
         root = args.project.resolve()

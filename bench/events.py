@@ -45,8 +45,9 @@ import time
 from array import array
 from pathlib import Path
 
-from _events_common import (BENCH_DIR, DaemonProcess, machine, make_project, other_processes, percentile,
-                            print_table, system_busy_seconds, thread_cpu, wait_for_quiet)
+from _events_common import (BENCH_DIR, DaemonProcess, announce, make_project, percentile,
+                            print_table, system_busy_seconds, thread_cpu)
+from _pipeline_common import wait_for_quiet
 from _events_lines import all_lines
 
 from agent_orchestrator.agents.claude import ClaudeParser
@@ -253,13 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                          "this busy (0.25; 1: never wait)")
     args = ap.parse_args(argv)
 
-    info = machine()
-    print(f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, Python {info['python']}, "
-          f"SQLite {info['sqlite']}")
-    busy = other_processes()
-    if busy:
-        print("warning: other benchmark or test processes are running; the figures will be noisy:\n  "
-              + "\n  ".join(busy), flush=True)
+    info = announce()
     workdir = Path(tempfile.mkdtemp(prefix="ao-bench-events-"))
     floods: list[dict] = []
     try:

@@ -93,31 +93,28 @@ def run_setting(features: int, tracks: int, delay: float, *, keep: bool = False,
     return result
 
 
-def _in_process_span(repo: Path) -> tuple[float, float]:
+def _events(repo: Path, *types: str) -> list[tuple[str, float, dict]]:
+    """(type, ts, data) of the run's events of these types, in order, from its history."""
     con = sqlite3.connect(repo / ".orchestrator" / "orchestrator.db")
     try:
-        rows = con.execute("SELECT type, ts, data FROM events WHERE type IN ('status', 'feature') "
-                           "ORDER BY id").fetchall()
+        rows = con.execute(f"SELECT type, ts, data FROM events WHERE type IN "
+                           f"({', '.join('?' * len(types))}) ORDER BY id", types).fetchall()
     finally:
         con.close()
-    start = next(ts for type_, ts, data in rows
-                 if type_ == "status" and json.loads(data).get("state") == "running")
-    end = max(ts for type_, ts, data in rows
-              if type_ == "feature" and json.loads(data).get("status") == "passed")
+    return [(type_, ts, json.loads(data)) for type_, ts, data in rows]
+
+
+def _in_process_span(repo: Path) -> tuple[float, float]:
+    rows = _events(repo, "status", "feature")
+    start = next(ts for type_, ts, d in rows if type_ == "status" and d.get("state") == "running")
+    end = max(ts for type_, ts, d in rows if type_ == "feature" and d.get("status") == "passed")
     return start, end
 
 
 def _timeline(repo: Path) -> dict[int, dict]:
     """Per feature: when it was claimed, its agent ran, it merged and passed, and its track."""
-    con = sqlite3.connect(repo / ".orchestrator" / "orchestrator.db")
-    try:
-        rows = con.execute("SELECT type, ts, data FROM events WHERE type IN "
-                           "('feature', 'session', 'merge', 'track') ORDER BY id").fetchall()
-    finally:
-        con.close()
     out: dict[int, dict] = {}
-    for type_, ts, data in rows:
-        d = json.loads(data)
+    for type_, ts, d in _events(repo, "feature", "session", "merge", "track"):
         fid = d.get("id") if type_ == "feature" else d.get("feature_id")
         if fid is None:
             continue
@@ -133,8 +130,6 @@ def _timeline(repo: Path) -> dict[int, dict]:
     return out
 
 
-# The steps of one feature on its track, one after the other: (name, from, to). The sum of their
-# means is the track time one feature costs beyond its agent's D seconds.
 # (name, from, to, on the track?). A track runs one agent at a time: between one agent's exit and
 # the next agent's spawn it only claims the next feature; the rest of a feature runs alongside.
 # "prev:" marks take the time from the track's previous feature.
