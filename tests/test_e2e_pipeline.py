@@ -188,6 +188,33 @@ def test_conflicts_found_after_the_track_went_on_are_resolved_on_its_turn(git_re
     assert all(f"written by feature {i}" in shared for i in (1, 2, 3)) and "<<<<<<<" not in shared
 
 
+def test_a_conflict_found_alongside_waits_for_the_tracks_next_agent(git_repo):
+    """While feature 1's agent works, the user commits a different feature-1.txt on the base
+    branch. The track starts feature 2 as soon as #1's agent is done; #1's merge, alongside,
+    conflicts and needs a conflict agent: it waits until #2's agent has finished, so the track
+    never runs two agents at once. (Two tracks: the project may run two sessions at once, so
+    only the track's turn keeps them apart.)"""
+    repo = make_project(git_repo, [feature(1), feature(2)], tracks=THREE_TRACKS[:2])
+    git(repo, "checkout", "-q", "ai-develop")
+    child = start_run(repo, FAKE_AGENT_DELAY="2")
+    try:
+        wait_until(child, lambda: (repo / ".orchestrator" / "worktrees" / "feature-2").exists(),
+                   "feature 1's agent did not start")
+        (repo / "feature-1.txt").write_text("the user's own feature-1.txt\n")
+        git(repo, "add", "feature-1.txt")
+        git(repo, "commit", "-q", "-m", "user's commit")
+        out, err = child.communicate(timeout=90)
+    finally:
+        child.kill()
+    assert child.returncode == 0, out + err
+    assert {f["status"] for f in load_features(repo).values()} == {"passed"}
+    rows = {(r["feature_id"], r["phase"]): r for r in sessions(repo)}
+    assert set(rows) == {(1, "implement"), (2, "implement"), (1, "conflict")}
+    # the conflict was found while #2's agent worked (it started right after #1's), and waited
+    assert rows[(2, "implement")]["started_at"] < rows[(1, "implement")]["ended_at"] + 1
+    assert rows[(1, "conflict")]["started_at"] >= rows[(2, "implement")]["ended_at"]
+
+
 def test_next_worktree_is_made_while_the_agent_works_and_starts_from_the_current_base(git_repo):
     repo = make_project(git_repo, [feature(1), feature(2)])
     git(repo, "checkout", "-q", "ai-develop")
