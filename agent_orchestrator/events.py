@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("status", "feature", "session", "output", "track", "merge", "notice")
 REPLAY_PAGE = 1000
 UNSAVED_FLUSH_BYTES = 4 << 20    # the writer writes at once beyond this
-BACKLOG_PAUSE_BYTES = 16 << 20   # agents' output is not read beyond this (sessions.py)
+BACKLOG_PAUSE_BYTES = 16 << 20   # agents' output is not read beyond this (see behind())
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")
 
 
@@ -188,7 +188,8 @@ class EventBus:
                     self._ring_bytes -= ring.popleft().cost
             if self._db is not None:
                 pending = self._pending
-                if len(pending) < self._max_pending:
+                # a notice (e.g. that events were lost) is never the one dropped
+                if len(pending) < self._max_pending or type == "notice":
                     pending.append(event)
                     self._unsaved_bytes += len(payload)
                     waiting = len(pending)
@@ -333,12 +334,14 @@ class EventBus:
             self.publish("notice", {"level": "warning", "message": message})
         return True
 
-    def backlog_bytes(self) -> int:
-        """JSON bytes of the events published and not in the database yet, while the writer
-        works (0 while the database refuses them: then events are dropped beyond max_pending, as
-        before, rather than holding the agents). Agent output readers pause above
-        BACKLOG_PAUSE_BYTES (sessions.py), so memory does not grow with the output."""
-        return 0 if self._failing else self._unsaved_bytes
+    def behind(self) -> bool:
+        """The database writer is far behind: more than BACKLOG_PAUSE_BYTES of events, or half
+        of max_pending events (many small ones), wait for it. The agents' output is not read
+        meanwhile (sessions.py), so memory does not grow with the output and nothing is dropped.
+        Never while the database refuses writes: events beyond max_pending are dropped then (and
+        reported) rather than holding the agents."""
+        return not self._failing and (self._unsaved_bytes > BACKLOG_PAUSE_BYTES
+                                      or len(self._pending) > self._max_pending // 2)
 
     def flush(self) -> bool:
         """Write every pending event now; False when the database refused them (reported)."""

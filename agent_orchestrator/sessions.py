@@ -14,7 +14,7 @@ from . import proc
 from .agents import get_adapter
 from .agents.base import AgentRequest, RunOutcome
 from .errors import AgentUnavailable
-from .events import BACKLOG_PAUSE_BYTES, encode_data
+from .events import encode_data
 from .failures import Failure, classify
 from .recovery import OWNER_ENV
 from .states import SessionStatus
@@ -178,8 +178,8 @@ class SessionRunner:
 
     def _output_backlog(self) -> bool:
         """Agents' output waits in their pipes while the event writer is behind."""
-        backlog = getattr(self.bus, "backlog_bytes", None)
-        return backlog is not None and backlog() > BACKLOG_PAUSE_BYTES
+        behind = getattr(self.bus, "behind", None)
+        return behind is not None and behind()
 
     def _publish_session(self, sid, feature_id, track, phase, agent, status, **extra) -> None:
         data = {"id": sid, "feature_id": feature_id, "track": track, "phase": phase,

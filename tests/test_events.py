@@ -7,6 +7,7 @@ import time
 import pytest
 
 from agent_orchestrator.db import Database, StoreError
+from agent_orchestrator import events as events_mod
 from agent_orchestrator.events import (
     Event,
     EventBus,
@@ -283,6 +284,11 @@ def test_pending_is_bounded_when_the_db_fails_and_loss_is_reported(buses):
     assert bus.flush()
     notice = bus.since(50)[-1]
     assert notice.type == "notice" and "40 events could not be saved" in notice.data["message"]
+    for i in range(20):  # the queue is full again when the notice is published...
+        bus.publish("output", {"i": i})
+    bus.publish("notice", {"level": "warning", "message": "kept"})
+    assert bus.flush()   # ...and it is saved all the same
+    assert any(json.loads(row[3]).get("message") == "kept" for row in flaky.rows.values())
 
 
 def test_ring_is_bounded_by_bytes(buses):
@@ -338,28 +344,50 @@ class SlowDb(FlakyDb):
         super().insert_events(rows)
 
 
-def test_backlog_counts_unsaved_bytes_and_drains(buses):
+def wait_until_caught_up(bus, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while bus.behind() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not bus.behind()
+
+
+def test_behind_when_many_bytes_wait_and_caught_up_after(buses, monkeypatch):
+    monkeypatch.setattr(events_mod, "BACKLOG_PAUSE_BYTES", 1_000_000)
     slow = SlowDb()
     bus = buses(slow, flush_interval=0.01)
-    payload = "z" * 10_000
     for i in range(300):
-        bus.publish("output", {"text": payload})
-    assert bus.backlog_bytes() > 2_000_000   # waiting for the database, counted
+        bus.publish("output", {"text": "z" * 10_000})
+    assert bus.behind()   # 3 MB wait for the database
     slow.gate.set()
-    deadline = time.monotonic() + 10
-    while bus.backlog_bytes() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert bus.backlog_bytes() == 0
+    assert wait_until_caught_up(bus)
+    bus.flush()
     assert len(slow.rows) == 300
 
 
-def test_backlog_is_zero_while_the_database_refuses_writes(buses):
-    """A refusing database must not hold the agents: the backlog reads 0 then (events beyond
-    max_pending are dropped and reported instead)."""
+def test_behind_with_many_small_events_before_any_is_lost(buses):
+    """Small events reach the count limit long before the byte limit: the agents must be held
+    before events are dropped."""
+    slow = SlowDb()
+    bus = buses(slow, max_pending=1000, flush_interval=0.01)
+    published = 0
+    while not bus.behind():
+        bus.publish("output", {"text": "short line"})
+        published += 1
+        assert published <= 600, "never behind"
+    assert bus._lost == 0
+    slow.gate.set()
+    assert wait_until_caught_up(bus)
+    bus.flush()
+    assert len(slow.rows) == published
+
+
+def test_not_behind_while_the_database_refuses_writes(buses):
+    """A refusing database must not hold the agents: events beyond max_pending are dropped and
+    reported instead."""
     flaky = FlakyDb()
     bus = buses(flaky, max_pending=10, flush_interval=60, flush_at=10**6)
-    for i in range(5):
+    for i in range(9):
         bus.publish("output", {"text": "y" * 1000})
-    assert bus.backlog_bytes() > 0
+    assert bus.behind()
     assert not bus.flush()
-    assert bus.backlog_bytes() == 0
+    assert not bus.behind()
