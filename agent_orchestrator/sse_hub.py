@@ -10,6 +10,8 @@ import time
 from collections import deque
 from typing import Any
 
+from .events import SubscriptionDropped
+
 log = logging.getLogger("agent_orchestrator.server")
 
 
@@ -60,7 +62,6 @@ class SseHub:
         self.web = web
         self._loop = loop
         self._own_thread: threading.Thread | None = None
-        self._loop_ident: int | None = None
         self._lock = threading.Lock()
         self._scheduled = False
         self._closed = False
@@ -107,20 +108,28 @@ class SseHub:
                 return
             self._scheduled = True
             loop = self._loop
-        if threading.get_ident() == self._loop_ident:
-            loop.call_soon(self._run)
-        else:
-            try:
+        try:
+            if self._on_loop_thread(loop):
+                loop.call_soon(self._run)
+            else:
                 loop.call_soon_threadsafe(self._run)
-            except RuntimeError:  # the loop is closed (shutdown)
-                pass
+        except RuntimeError:  # the loop is closed (shutdown): nothing more to send
+            pass
+
+    @staticmethod
+    def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
 
     def close(self) -> None:
-        """End every stream (from a thread other than the loop's, or from the loop itself)."""
+        """End every stream (from a thread other than the loop's, or from the loop itself).
+        Idempotent."""
         with self._lock:
-            self._closed = True
+            already, self._closed = self._closed, True
             loop = self._loop
-        if loop is None:
+        if loop is None or already:
             return
         finished = threading.Event()
 
@@ -130,7 +139,7 @@ class SseHub:
             self._unsubscribe()
             finished.set()
 
-        if threading.get_ident() == self._loop_ident:
+        if self._on_loop_thread(loop):
             finish()
         else:
             try:
@@ -145,7 +154,6 @@ class SseHub:
 
     # ------------------------------------------------------------ on the loop
     def _add(self, stream: _Stream) -> None:
-        self._loop_ident = threading.get_ident()
         if self._closed:
             stream.done.set()
             return
@@ -175,8 +183,6 @@ class SseHub:
             self._ticker = None
 
     def _run(self) -> None:
-        from .events import SubscriptionDropped
-
         with self._lock:
             self._scheduled = False
         if self._sub is None:
@@ -226,7 +232,11 @@ class SseHub:
         elif self._recent and self._recent[0].id <= first:
             batch = list(itertools.islice(self._recent, first - self._recent[0].id, None))
         else:  # the start of its stream (events published while it was handed over)
-            batch = self.web.bus.since(stream.last_id, behind, until=self._cursor)
+            try:
+                batch = self.web.bus.since(stream.last_id, behind, until=self._cursor)
+            except Exception as exc:  # noqa: BLE001 - the history cannot be read: it reconnects
+                log.warning("SSE client %s dropped: %s", stream.peer, exc)
+                batch = []
             if not batch or batch[0].id != first:
                 log.info("SSE client %s dropped: the events after %d are no longer in memory",
                          stream.peer, stream.last_id)

@@ -249,6 +249,8 @@ def test_shutdown_ends_open_streams(tmp_path):
     assert time.monotonic() - started < 5
     assert client.next() is None
     client.close()
+    web.shutdown()  # again: nothing left to do, no error
+    bus.publish("output", {"text": "after the shutdown"})  # the hub's loop is gone: no error
     bus.close()
 
 
