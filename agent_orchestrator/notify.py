@@ -276,7 +276,8 @@ class Notifier:
                 sub = self._sub = self.bus.subscribe(last_id=sub.last_id)
                 continue
             for event in events:
-                self.handle(event.type, event.data)
+                if event.type != "output":  # most events, never a notification: not decoded
+                    self.handle(event.type, event.data)
             if not events and self._stopping.is_set():
                 sub.close()
                 return
