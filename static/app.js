@@ -31,9 +31,13 @@ async function refreshStatus() {
   }
 }
 
+let featuresAsked = 0;
 async function refreshFeatures() {
+  const asked = ++featuresAsked;
   try {
-    store.features = (await api.get('/api/features')).features;
+    const { features } = await api.get('/api/features');
+    if (asked !== featuresAsked) return; // a later request was sent: its answer is newer
+    store.features = features;
     store.changed('features');
   } catch (err) {
     if (err.status) toast(err.message, 'error', err.hint);
