@@ -603,3 +603,15 @@ def test_metrics_is_prometheus_text(daemon):
     assert sample(families, "ao_features", status="open") == 3
     assert sample(families, "ao_queue_length", track="core") == 2
     assert sample(families, "ao_state", state="idle") == 1
+
+
+def test_features_say_what_a_waiting_feature_waits_for(git_repo, fakes_on_path):
+    repo = make_project(git_repo, [feature(1), feature(2, dependsOn=[1]),
+                                   feature(3, dependsOn=[1, 2], status="passed")])
+    d = Daemon(repo).start()
+    try:
+        _, _, body = d.request("GET", "/api/features")
+        waits = {f["id"]: f["waiting_on"] for f in body["features"]}
+        assert waits == {1: [], 2: [1], 3: []}
+    finally:
+        d.stop()
