@@ -427,7 +427,8 @@ class Database:
             return result
 
         with self._locked() as conn:
-            result = self._cached(conn, ("totals", since), compute)
+            # only the run's totals are kept: each `since` would be a new entry
+            result = self._cached(conn, "totals", compute) if since is None else compute()
         copy = dict(result)
         for key in ("by_agent", "by_track", "by_feature"):
             copy[key] = {k: dict(v) for k, v in result[key].items()}

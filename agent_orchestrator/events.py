@@ -174,7 +174,7 @@ class EventBus:
             event = Event(event_id, type, None if data_json else data, self._clock(), session_id, payload)
             subs = self._subs
             if subs:
-                frame = event.sse_frame = f"id: {event_id}\nevent: {type}\ndata: {payload}\n\n".encode()
+                frame = event.sse_frame = event._frame()  # built once, shared by every client
                 size = event.cost = len(payload) + len(frame)
             else:
                 size = event.cost = len(payload)
